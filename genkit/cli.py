@@ -1,0 +1,152 @@
+"""Recipe command lines: a frozen dataclass config, TOML presets, tyro, one-line errors.
+
+``python -m genkit.recipes.<name> --preset P --train.steps 100`` resolves a config in
+three layers: the dataclass defaults, then ``recipes/<name>/P.toml``, then the command
+line. ``--help`` lists every field with its (preset-adjusted) default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from genkit.errors import GenkitError
+
+T = TypeVar("T")
+
+
+def recipes_dir() -> Path:
+    """Folder of TOML presets: ``$GENKIT_RECIPES`` or ``recipes/`` at the repository root."""
+    env = os.environ.get("GENKIT_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+
+
+def available_presets(recipe: str) -> list[str]:
+    return sorted(p.stem for p in (recipes_dir() / recipe).glob("*.toml"))
+
+
+def load_preset(recipe: str, name: str) -> dict[str, Any]:
+    path = recipes_dir() / recipe / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(available_presets(recipe)) or "none found"
+        raise GenkitError(f"unknown preset '{name}' for recipe '{recipe}' (known: {known}); presets live in {path.parent}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise GenkitError(f"preset {path} is not valid TOML: {e}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check a TOML value against a field's type, converting lists to tuples and ints to floats."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        if value not in args:
+            raise GenkitError(f"{where} = {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None) and value is None:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except GenkitError as e:
+                errors.append(str(e))
+        raise GenkitError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise GenkitError(f"{where} must be a list, got {value!r}")
+        inner = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(inner) != len(value):
+            raise GenkitError(f"{where} needs {len(inner)} values, got {len(value)}")
+        return tuple(_coerce(a, v, where) for a, v in zip(inner, value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise GenkitError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: T, overrides: Mapping[str, Any], where: str = "") -> T:
+    """``dataclasses.replace`` applied recursively from a nested mapping (a parsed preset)."""
+    hints = typing.get_type_hints(type(config))
+    names = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        path = f"{where}{key}"
+        if name not in names:
+            raise GenkitError(f"unknown setting '{path}' (known here: {', '.join(sorted(names))})")
+        current = getattr(config, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise GenkitError(f"'{path}' is a section: write it as a [{path}] table")
+            changes[name] = apply_overrides(current, value, f"{path}.")
+        else:
+            changes[name] = _coerce(hints[name], value, path)
+    return dataclasses.replace(config, **changes)
+
+
+def _preset_from_argv(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_config(config_cls: Callable[[], T], recipe: str, argv: Sequence[str] | None = None, description: str = "") -> T:
+    """Resolve defaults -> preset -> command line into a frozen config."""
+    import tyro  # imported here: only command lines need it
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = config_cls()
+    preset = _preset_from_argv(argv)
+    if preset is not None:
+        default = apply_overrides(default, load_preset(recipe, preset))
+    return tyro.cli(
+        type(default), default=default, args=argv, prog=f"python -m genkit.recipes.{recipe}",
+        description=description,
+    )
+
+
+def to_jsonable(config: Any) -> Any:
+    """A config dataclass as plain JSON values (Paths as strings, tuples as lists)."""
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(dataclasses.asdict(config))
+
+
+def print_config(config: Any) -> None:
+    print(json.dumps(to_jsonable(config), indent=2, sort_keys=True))
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a recipe's ``main``; a :class:`GenkitError` becomes ``error: ...`` on stderr, exit 2."""
+    try:
+        return main(argv)
+    except GenkitError as e:
+        message = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,41 @@
+"""What every objective returns, and the protocol the Trainer calls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """Losses keyed by optimizer name, plus detached scalars for the logs.
+
+    ``losses`` holds one scalar per optimizer the Trainer asked for (see
+    :class:`Objective`): ``{"model": ...}`` or ``{"generator": ..., "critic": ...}``.
+    ``metrics`` holds extra detached scalars (no graph) that are only logged.
+    """
+
+    losses: Mapping[str, Tensor]
+    metrics: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """A training objective: models and a batch in, losses per optimizer out.
+
+    ``need`` names the optimizers the Trainer will step on this call; an objective
+    may skip computing the other losses (a generator loss on a critic-only step).
+    ``generator`` is the source of all randomness the objective draws.
+    """
+
+    def __call__(
+        self,
+        models: Mapping[str, nn.Module],
+        batch: Any,
+        *,
+        need: frozenset[str],
+        generator: torch.Generator | None = None,
+    ) -> LossOutput: ...

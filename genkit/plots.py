@@ -1,0 +1,142 @@
+"""PNG figures: 2-D scatter plots, flow trajectories and image grids.
+
+matplotlib and torchvision are imported inside the functions. Figures are drawn on a
+standalone Agg canvas (no pyplot global state), and every file is written to a
+temporary name in the target folder and then renamed, so a reader never sees a
+half-written PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from genkit.errors import GenkitError
+
+__all__ = ["save_image_grid", "save_scatter", "save_trajectories"]
+
+PathLike = str | os.PathLike
+
+
+def save_scatter(
+    samples: Tensor, path: PathLike, *, reference: Tensor | None = None, title: str = ""
+) -> None:
+    """Scatter plot of 2-D points.
+
+    Args:
+        samples: ``(N, 2)`` points, drawn in front.
+        path: output PNG file (parent folders are created).
+        reference: optional ``(M, 2)`` points (e.g. data) drawn behind in grey.
+        title: figure title.
+    """
+    _check_points(samples, "samples")
+    if reference is not None:
+        _check_points(reference, "reference")
+
+    def draw(ax) -> None:
+        if reference is not None:
+            r = _numpy(reference)
+            ax.scatter(r[:, 0], r[:, 1], s=2, c="0.7", alpha=0.5, label="reference", rasterized=True)
+        s = _numpy(samples)
+        ax.scatter(s[:, 0], s[:, 1], s=2, c="C0", alpha=0.6, label="samples", rasterized=True)
+        if reference is not None:
+            ax.legend(loc="upper right", markerscale=4)
+        ax.set_aspect("equal", adjustable="datalim")
+
+    _save_figure(draw, path, title)
+
+
+def save_trajectories(xs: Tensor, path: PathLike, *, title: str = "", max_paths: int = 256) -> None:
+    """Trajectories of 2-D particles.
+
+    Args:
+        xs: ``(T, B, 2)`` states over time (e.g. ``ODESampler.solve(x_0, keep=T).xs``).
+        path: output PNG file.
+        title: figure title.
+        max_paths: draw at most this many of the ``B`` paths (the first ones).
+    """
+    if xs.dim() != 3 or xs.shape[2] != 2 or xs.shape[0] < 2:
+        raise GenkitError(f"trajectories must have shape (T >= 2, B, 2), got {tuple(xs.shape)}")
+    if max_paths < 1:
+        raise GenkitError(f"max_paths must be >= 1, got {max_paths}")
+    p = _numpy(xs[:, :max_paths])
+
+    def draw(ax) -> None:
+        ax.plot(p[:, :, 0], p[:, :, 1], c="0.5", lw=0.5, alpha=0.5)
+        ax.scatter(p[0, :, 0], p[0, :, 1], s=3, c="C0", label="t = 0", zorder=3)
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, c="C3", label="t = 1", zorder=3)
+        ax.legend(loc="upper right", markerscale=3)
+        ax.set_aspect("equal", adjustable="datalim")
+
+    _save_figure(draw, path, title)
+
+
+def save_image_grid(images: Tensor, path: PathLike, *, nrow: int | None = None) -> None:
+    """Save images as one PNG grid.
+
+    Args:
+        images: ``(B, C, H, W)`` float in ``[-1, 1]`` (values outside are clipped), C in {1, 3}.
+        path: output PNG file.
+        nrow: images per row; default ``ceil(sqrt(B))`` (a square-ish grid).
+
+    The ``[-1, 1] -> [0, 1]`` map here, followed by torchvision's uint8 rounding, is the
+    library's one conversion for saving images.
+    """
+    from torchvision.utils import save_image
+
+    if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[0] < 1:
+        raise GenkitError(f"images must have shape (B, C in {{1, 3}}, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise GenkitError(f"images must be float in [-1, 1], got {images.dtype}")
+    if nrow is None:
+        nrow = math.ceil(math.sqrt(images.shape[0]))
+    grid = ((images.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+    with _atomic_png(path) as tmp:
+        save_image(grid, tmp, nrow=nrow, padding=2, format="png")
+
+
+def _save_figure(draw: Callable, path: PathLike, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    draw(ax)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with _atomic_png(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+@contextmanager
+def _atomic_png(path: PathLike) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; rename it onto ``path`` on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_points(x: Tensor, name: str) -> None:
+    if x.dim() != 2 or x.shape[1] != 2:
+        raise GenkitError(f"{name} must have shape (N, 2), got {tuple(x.shape)}")
+
+
+def _numpy(x: Tensor):
+    return x.detach().to(device="cpu", dtype=torch.float32).numpy()

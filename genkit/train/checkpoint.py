@@ -1,0 +1,188 @@
+"""Checkpoints as data: safetensors weights, a JSON card, a tensors-only trainer state.
+
+One checkpoint is a folder ``checkpoints/step_<8 digits>/``::
+
+    config.json              {"recipe", "step", "config", "models": {name: {param: shape}}}
+    <name>.safetensors       weights of each model
+    <name>.ema.safetensors   EMA weights of each model
+    trainer.pt               optimizer / LR-schedule / RNG / data state, loadable with
+                             torch.load(weights_only=True): tensors and plain Python values only
+
+A folder is written under a temporary name and renamed into place when complete
+(``os.replace`` is atomic), so a run killed at any moment leaves every earlier
+checkpoint intact; half-written temporaries are ignored and cleaned up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from genkit.errors import GenkitError
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def model_shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    models: Mapping[str, nn.Module],
+    ema: Mapping[str, nn.Module],
+    trainer_state: Mapping[str, Any],
+    recipe: str,
+    config: Mapping[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    card = {
+        "recipe": recipe,
+        "step": step,
+        "config": dict(config),
+        "models": {name: model_shapes(m) for name, m in models.items()},
+    }
+    for name, m in models.items():
+        save_model(m, str(tmp / f"{name}.safetensors"), metadata={"recipe": recipe, "step": str(step)})
+    for name, m in ema.items():
+        save_model(m, str(tmp / f"{name}.ema.safetensors"), metadata={"recipe": recipe, "step": str(step)})
+    torch.save(dict(trainer_state), tmp / "trainer.pt")
+    write_json_atomic(tmp / "config.json", card)
+    for f in tmp.iterdir():
+        _fsync(f)
+    if final.exists():  # the same step saved again (e.g. a finished run started once more)
+        old = root / f".old-{step_dir_name(step)}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync(root)
+    for stale in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(stale)
+    for leftover in root.glob(".tmp-*"):
+        if not leftover.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``config.json``; a one-line error if it is not a genkit checkpoint."""
+    card_path = Path(path) / "config.json"
+    try:
+        with open(card_path) as f:
+            card = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise GenkitError(f"{path} is not a genkit checkpoint ({card_path.name}: {e}); point at a checkpoints/step_* folder") from None
+    if not isinstance(card, dict) or "recipe" not in card or "models" not in card:
+        raise GenkitError(f"{card_path} lacks 'recipe'/'models': not a genkit checkpoint")
+    return card
+
+
+def check_compatible(path: str | Path, *, recipe: str, models: Mapping[str, nn.Module]) -> dict[str, Any]:
+    """Refuse, in one line, a checkpoint of another recipe or with other weight shapes."""
+    card = read_card(path)
+    if card["recipe"] != recipe:
+        raise GenkitError(
+            f"checkpoint {path} was written by recipe '{card['recipe']}', not '{recipe}': "
+            "use another --out folder or the matching recipe"
+        )
+    for name, model in models.items():
+        saved = card["models"].get(name)
+        if saved is None:
+            raise GenkitError(f"checkpoint {path} has no model '{name}' (it has {sorted(card['models'])}): use another --out folder")
+        want = model_shapes(model)
+        for key in sorted(set(saved) | set(want)):
+            if saved.get(key) != want.get(key):
+                raise GenkitError(
+                    f"checkpoint {path}: '{name}.{key}' has shape {saved.get(key)} but the model expects "
+                    f"{want.get(key)}: use the options the checkpoint was trained with, or another --out folder"
+                )
+    return card
+
+
+def load_weights(path: str | Path, name: str, model: nn.Module, *, ema: bool = False) -> None:
+    """Load ``<name>[.ema].safetensors`` from checkpoint ``path`` into ``model`` (strict)."""
+    file = Path(path) / (f"{name}.ema.safetensors" if ema else f"{name}.safetensors")
+    if not file.is_file():
+        raise GenkitError(f"checkpoint {path} lacks {file.name}: it is incomplete or not a genkit checkpoint")
+    with safe_open(str(file), framework="pt") as f:
+        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    want = model_shapes(model)
+    for key, shape in shapes.items():
+        if key in want and want[key] != shape:
+            raise GenkitError(f"{file}: '{key}' has shape {shape} but the model expects {want[key]}")
+    missing, unexpected = load_model(model, str(file), strict=False, device=str(next(iter(model.state_dict().values())).device) if want else "cpu")
+    if missing or unexpected:
+        raise GenkitError(f"{file} does not match the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """``trainer.pt`` of checkpoint ``path``, read with ``weights_only=True`` (never runs code)."""
+    file = Path(path) / "trainer.pt"
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GenkitError(f"checkpoint {path} lacks trainer.pt: it is incomplete") from None
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GenkitError(f"refusing to load {file}: it holds more than tensors and plain values ({first})") from None

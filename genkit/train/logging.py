@@ -1,0 +1,63 @@
+"""Metrics to ``metrics.jsonl`` (one JSON object per log step) and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after ``step`` (a resumed run repeats those steps)."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
+class MetricsLogger:
+    """Appends ``{"step": s, **values}`` lines to ``metrics.jsonl``; mirrors to TensorBoard.
+
+    Disabled loggers (``enabled=False``, e.g. on ranks other than 0) write nothing.
+    """
+
+    def __init__(self, run_dir: Path | None, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled and run_dir is not None
+        self.path = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
+        self._tb = None
+        self._want_tb = tensorboard
+        self._file = None
+
+    def open(self, resume_step: int) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(self.path, resume_step)
+        self._file = open(self.path, "a")
+        if self._want_tb:
+            from torch.utils.tensorboard import SummaryWriter  # heavy: imported only when used
+
+            self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled or self._file is None:
+            return
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

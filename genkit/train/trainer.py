@@ -1,0 +1,352 @@
+"""The one training loop every genkit method shares.
+
+The Trainer knows nothing about methods. Each step it asks the objective for one loss
+per optimizer that is due (an update ratio such as ``{"generator": 5}`` steps the
+generator every 5th step and the critic every step), back-propagates each loss into
+its own optimizer's parameters only, averages gradients over ranks, clips, steps,
+and updates the EMA copies. Around that: bf16 autocast, optional ``torch.compile``,
+gradient accumulation, LR warm-up, a progress bar, ``metrics.jsonl`` + TensorBoard,
+periodic snapshots (sample grids), atomic checkpoints, exact resume, and a clean
+stop on Ctrl-C / SIGTERM (checkpoint, then exit) or on a non-finite loss (stop with
+the step number; the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from genkit.errors import GenkitError
+from genkit.objectives.base import Objective
+from genkit.seeding import derive_seed
+from genkit.train import checkpoint as ckpt
+from genkit.train import distributed
+from genkit.train.distributed import DistInfo
+from genkit.train.ema import EMA
+from genkit.train.logging import MetricsLogger
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop's settings, shared by every recipe (``--train.<field>`` on the CLI)."""
+
+    steps: int = 5000
+    """total optimizer steps of the run (a resumed run continues to this number)"""
+    batch_size: int = 256
+    """global batch per step: split over ranks and accumulation micro-steps"""
+    accumulate: int = 1
+    """gradient-accumulation micro-steps per optimizer step"""
+    grad_clip: float = 0.0
+    """clip each optimizer's gradient norm to this value (0: off)"""
+    warmup_steps: int = 0
+    """linear LR warm-up over this many steps of each optimizer (0: off)"""
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    """EMA decay min(ema_decay, (1+n)/(10+n)) after n updates"""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast for the forward pass; auto = bf16 on CUDA, fp32 on CPU"""
+    compile: bool = False
+    """torch.compile the models"""
+    log_every: int = 100
+    sample_every: int = 1000
+    """snapshot (sample grids) every this many steps (0: only at the end)"""
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    progress: bool = True
+
+    def micro_batch_size(self, world_size: int = 1) -> int:
+        """Per-process batch of one micro-step; a one-line error if it does not divide."""
+        parts = world_size * self.accumulate
+        if self.batch_size < parts or self.batch_size % parts:
+            raise GenkitError(
+                f"--train.batch-size {self.batch_size} must be a multiple of ranks x accumulate = "
+                f"{world_size} x {self.accumulate}"
+            )
+        return self.batch_size // parts
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    interrupted: bool
+    checkpoint: Path | None
+
+
+class BatchStream(Protocol):
+    """What the Trainer reads: an infinite iterator with a resumable position."""
+
+    def __next__(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class Trainer:
+    """Trains ``models`` with ``optimizers`` on ``objective`` over the batches of ``data``.
+
+    Args:
+        models: networks by name, as the objective expects them (e.g. ``{"model": net}``).
+        optimizers: by loss name; each owns the parameters its loss trains.
+        objective: returns ``LossOutput.losses`` keyed by optimizer name.
+        data: infinite batch stream yielding per-process micro-batches.
+        run_dir: run folder (``None``: no files at all); checkpoints go to ``run_dir/checkpoints``.
+        recipe, run_config: written into each checkpoint card; a checkpoint of another recipe
+            or shape is refused on resume.
+        update_every: optimizer name -> step that optimizer every k-th step (default 1).
+        snapshot: called on rank 0 as ``snapshot(ema_models, step)`` every ``sample_every`` steps.
+        callbacks: called as ``cb(trainer)`` after every step.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        objective: Objective,
+        data: BatchStream,
+        config: TrainConfig,
+        *,
+        run_dir: str | Path | None,
+        recipe: str,
+        run_config: Mapping[str, Any],
+        seed: int = 0,
+        dist: DistInfo = DistInfo(),
+        update_every: Mapping[str, int] | None = None,
+        snapshot: Callable[[Mapping[str, nn.Module], int], None] | None = None,
+        callbacks: Sequence[Callable[[Trainer], None]] = (),
+    ) -> None:
+        self.models, self.optimizers, self.objective, self.data = dict(models), dict(optimizers), objective, data
+        self.config, self.dist, self.seed = config, dist, seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.recipe, self.run_config = recipe, dict(run_config)
+        self.update_every = {n: 1 for n in self.optimizers} | dict(update_every or {})
+        self.snapshot, self.callbacks = snapshot, list(callbacks)
+        self.step = 0
+        self.device = next(iter(self.models.values())).parameters().__next__().device
+        self._check_update_every()
+
+        distributed.broadcast_models(self.models, dist)  # identical start on every rank
+        self.ema = {n: EMA(m, decay=config.ema_decay, warmup=config.ema_warmup) for n, m in self.models.items()}
+        self._ema_updates = {n: 0 for n in self.models}
+        self._params = {n: [p for g in o.param_groups for p in g["params"]] for n, o in self.optimizers.items()}
+        self._owners = self._models_of_optimizers()
+        self.lr_schedules = {n: self._warmup_schedule(o) for n, o in self.optimizers.items()}
+        if config.compile:
+            for m in self.models.values():
+                m.compile()
+        self._autocast = self._autocast_context()
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._stop_requested = False
+        self._sums: dict[str, torch.Tensor] = {}  # running sums of logged scalars (on device: no sync)
+        self._counts: dict[str, int] = {}
+
+    # ---- set-up helpers -------------------------------------------------------------------
+    def _check_update_every(self) -> None:
+        for n, k in self.update_every.items():
+            if n not in self.optimizers:
+                raise GenkitError(f"update ratio names '{n}', which is not an optimizer ({sorted(self.optimizers)})")
+            if k < 1:
+                raise GenkitError(f"update ratio for '{n}' must be >= 1, got {k}")
+
+    def _models_of_optimizers(self) -> dict[str, set[str]]:
+        """optimizer name -> names of the models whose parameters it updates."""
+        owner = {id(p): name for name, m in self.models.items() for p in m.parameters()}
+        return {n: {owner[id(p)] for p in ps if id(p) in owner} for n, ps in self._params.items()}
+
+    def _warmup_schedule(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        w = self.config.warmup_steps
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / w) if w > 0 else 1.0)
+
+    def _autocast_context(self) -> Callable[[], contextlib.AbstractContextManager]:
+        p = self.config.precision
+        use_bf16 = p == "bf16" or (p == "auto" and self.device.type == "cuda")
+        if not use_bf16:
+            return contextlib.nullcontext
+        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train to ``config.steps`` (resuming from the run folder's latest checkpoint)."""
+        self._resume()
+        logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=self.config.tensorboard)
+        logger.open(self.step)
+        bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (self.dist.is_main and self.config.progress))
+        old_handlers = self._install_signal_handlers()
+        saved: Path | None = None
+        t_last, step_last = time.perf_counter(), self.step
+        try:
+            while self.step < self.config.steps:
+                self._train_step()
+                self.step += 1
+                bar.update(1)
+                for cb in self.callbacks:
+                    cb(self)
+                last = self.step == self.config.steps
+                if self.step % self.config.log_every == 0 or last:
+                    now = time.perf_counter()
+                    values = self._log_values((self.step - step_last) / max(now - t_last, 1e-9))
+                    t_last, step_last = now, self.step
+                    logger.log(self.step, values)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")})
+                if self.snapshot is not None and self.dist.is_main and (
+                    (self.config.sample_every and self.step % self.config.sample_every == 0) or last
+                ):
+                    self.snapshot({n: e.module for n, e in self.ema.items()}, self.step)
+                stop = distributed.any_rank(self._stop_requested, self.dist, self.device)
+                if (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0) or last or stop:
+                    saved = self.save()
+                if stop:
+                    return TrainResult(self.step, True, saved)
+            return TrainResult(self.step, False, saved or self._latest())
+        finally:
+            self._restore_signal_handlers(old_handlers)
+            bar.close()
+            logger.close()
+
+    def _train_step(self) -> None:
+        cfg = self.config
+        need = sorted(n for n in self.optimizers if (self.step + 1) % self.update_every[n] == 0)
+        for n in need:
+            self.optimizers[n].zero_grad(set_to_none=True)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(derive_seed(self.seed, "objective", self.dist.rank, self.step))
+        for _ in range(cfg.accumulate):
+            batch = next(self.data)
+            with self._autocast():
+                out = self.objective(self.models, batch, need=frozenset(need), generator=generator)
+            for i, n in enumerate(need):
+                if n not in out.losses:
+                    raise GenkitError(f"the objective returned no loss for optimizer '{n}' (got {sorted(out.losses)})")
+                loss = out.losses[n]
+                (loss / cfg.accumulate).backward(inputs=self._params[n], retain_graph=i < len(need) - 1)
+                self._track(f"loss/{n}", loss.detach().float())
+            for k, v in out.metrics.items():
+                self._track(k, v.detach().float())
+        for n in need:
+            params = self._params[n]
+            distributed.all_reduce_grads(params, self.dist)
+            if cfg.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self._track(f"grad_norm/{n}", norm.detach().float())
+            self.optimizers[n].step()
+            self.lr_schedules[n].step()
+        for m in sorted(set().union(*(self._owners[n] for n in need))):
+            self.ema[m].update(self.models[m], self._ema_updates[m])
+            self._ema_updates[m] += 1
+
+    def _track(self, key: str, value: torch.Tensor) -> None:
+        if key.startswith("loss/"):
+            bad = ~torch.isfinite(value)
+            self._first_bad = torch.where((self._first_bad < 0) & bad, self.step + 1, self._first_bad)
+        self._sums[key] = self._sums.get(key, 0.0) + value
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _log_values(self, steps_per_sec: float) -> dict[str, float]:
+        self._check_finite()
+        values = {k: float(v) / self._counts[k] for k, v in self._sums.items()}
+        for n, o in self.optimizers.items():
+            values[f"lr/{n}"] = o.param_groups[0]["lr"]
+        values["steps_per_sec"] = steps_per_sec
+        values["samples_per_sec"] = steps_per_sec * self.config.batch_size
+        self._sums, self._counts = {}, {}
+        return values
+
+    def _check_finite(self) -> None:
+        bad = self._first_bad.clone()
+        if self.dist.enabled:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        step = int(bad)
+        if step >= 0:
+            last = self._latest()
+            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
+            raise GenkitError(
+                f"non-finite loss at step {step}: training stopped; {kept}. Lower the learning rate or set "
+                "--train.grad-clip, then run the same command to resume"
+            )
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides weights needed to continue bit for bit (tensors and plain values)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "lr_schedules": {n: s.state_dict() for n, s in self.lr_schedules.items()},
+            "ema_updates": dict(self._ema_updates),
+            "data": self.data.state_dict(),
+            "rng": self._gather(rng),
+            "world_size": self.dist.world_size,
+        }
+
+    def _gather(self, obj: Any) -> list[Any]:
+        if not self.dist.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; all ranks take part)."""
+        self._check_finite()
+        state = self.state_dict()  # collective under DDP: every rank calls it
+        if self.run_dir is None or not self.dist.is_main:
+            return None
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints", self.step, models=self.models,
+            ema={n: e.module for n, e in self.ema.items()}, trainer_state=state,
+            recipe=self.recipe, config=self.run_config, keep=self.config.keep_checkpoints,
+        )
+
+    def _latest(self) -> Path | None:
+        return ckpt.latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+
+    def _resume(self) -> None:
+        path = self._latest()
+        if path is None:
+            return
+        ckpt.check_compatible(path, recipe=self.recipe, models=self.models)
+        state = ckpt.load_trainer_state(path)
+        for n, m in self.models.items():
+            ckpt.load_weights(path, n, m)
+            ckpt.load_weights(path, n, self.ema[n].module, ema=True)
+        for n, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][n])
+            self.lr_schedules[n].load_state_dict(state["lr_schedules"][n])
+        self._ema_updates = dict(state["ema_updates"])
+        self.data.load_state_dict(state["data"])
+        rngs = state["rng"]
+        rng = rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.step = int(state["step"])
+
+    # ---- signals ------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, frame):  # finish the step, checkpoint, return
+            if self._stop_requested:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        return {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(old: Mapping[int, Any]) -> None:
+        for s, h in old.items():
+            signal.signal(s, h)

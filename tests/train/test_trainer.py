@@ -1,0 +1,211 @@
+"""The Trainer: exact resume, two optimizers at a ratio, NaN stop, EMA, accumulation."""
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from genkit.data.toy import ToyStream
+from genkit.errors import GenkitError
+from genkit.nn.mlp import MLP, VelocityMLP
+from genkit.objectives.base import LossOutput
+from genkit.objectives.flow_matching import FlowMatching
+from genkit.objectives.gan import WGANGP
+from genkit.paths import AffinePath, LinearSchedule
+from genkit.train import TrainConfig, Trainer
+from genkit.train import checkpoint as ckpt
+from genkit.train.ema import EMA, ema_decay
+
+
+class DropoutField(nn.Module):
+    """A velocity field that also draws from the global RNG (dropout), to test RNG restore."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = VelocityMLP(2, hidden=32, depth=2)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x, t):
+        return self.net(self.drop(x), t)
+
+
+def flow_trainer(run_dir, steps, *, callbacks=(), **cfg):
+    torch.manual_seed(0)
+    model = DropoutField()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config = TrainConfig(**{"steps": steps, "batch_size": 64, "log_every": 5, "sample_every": 0,
+                            "checkpoint_every": 1000, "tensorboard": False, "progress": False,
+                            "warmup_steps": 5, "grad_clip": 1.0, "ema_decay": 0.9, **cfg})
+    data = ToyStream("8gaussians", config.micro_batch_size(), seed=0)
+    return Trainer({"model": model}, {"model": opt}, FlowMatching(AffinePath(LinearSchedule())), data, config,
+                   run_dir=run_dir, recipe="test", run_config={"x": 1}, seed=0, callbacks=callbacks)
+
+
+def interrupt_at(step):
+    def cb(trainer):
+        if trainer.step == step:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does: finish the step, checkpoint, return
+    return cb
+
+
+def losses(run_dir):
+    lines = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(d["step"], d["loss/model"]) for d in lines]
+
+
+def test_resume_is_bit_exact(tmp_path):
+    n = 20
+    full = flow_trainer(tmp_path / "full", n)
+    assert not full.fit().interrupted
+
+    first = flow_trainer(tmp_path / "split", n, callbacks=[interrupt_at(n // 2)])
+    result = first.fit()
+    assert result.interrupted and result.step == n // 2
+    assert result.checkpoint.name == ckpt.step_dir_name(n // 2)
+
+    second = flow_trainer(tmp_path / "split", n)  # "the same command" again
+    assert second.fit().step == n
+
+    for a, b in zip(full.models["model"].state_dict().values(), second.models["model"].state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.ema["model"].module.state_dict().values(), second.ema["model"].module.state_dict().values()):
+        assert torch.equal(a, b)
+    sa, sb = full.optimizers["model"].state_dict(), second.optimizers["model"].state_dict()
+    for k in sa["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa["state"][k][name], sb["state"][k][name])
+    assert sa["param_groups"][0]["lr"] == sb["param_groups"][0]["lr"]
+    assert torch.equal(next(full.data), next(second.data))  # the next batch
+    # (DropoutField draws from the global RNG: equal weights also show its state was restored)
+    assert losses(tmp_path / "full") == losses(tmp_path / "split")  # same logged losses, no duplicated lines
+
+
+def test_resume_refuses_other_recipe_and_shape(tmp_path):
+    flow_trainer(tmp_path, 5).fit()
+    other = flow_trainer(tmp_path, 10)
+    other.recipe = "another"
+    with pytest.raises(GenkitError, match="recipe 'test'"):
+        other.fit()
+    torch.manual_seed(0)
+    wider = VelocityMLP(2, hidden=48, depth=2)
+    t = Trainer({"model": wider}, {"model": torch.optim.Adam(wider.parameters())},
+                FlowMatching(AffinePath(LinearSchedule())), ToyStream("moons", 8, seed=0),
+                TrainConfig(steps=10, batch_size=8, progress=False, tensorboard=False),
+                run_dir=tmp_path, recipe="test", run_config={})
+    with pytest.raises(GenkitError, match="shape"):
+        t.fit()
+
+
+class NaNAfter:
+    """Flow matching whose loss turns NaN from call `k` on."""
+
+    def __init__(self, k):
+        self.inner, self.k, self.calls = FlowMatching(AffinePath(LinearSchedule())), k, 0
+
+    def __call__(self, models, batch, *, need, generator=None):
+        self.calls += 1
+        out = self.inner(models, batch, need=need, generator=generator)
+        if self.calls >= self.k:
+            return LossOutput({"model": out.losses["model"] * float("nan")})
+        return out
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    t = flow_trainer(tmp_path, 50, checkpoint_every=4, log_every=5)
+    t.objective = NaNAfter(7)
+    with pytest.raises(GenkitError, match="non-finite loss at step 7") as e:
+        t.fit()
+    assert "\n" not in str(e.value)
+    last = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    assert last.name == ckpt.step_dir_name(4)
+    fresh = DropoutField()
+    ckpt.load_weights(last, "model", fresh)
+    assert all(torch.isfinite(p).all() for p in fresh.parameters())
+
+
+def gan_trainer(run_dir, steps):
+    torch.manual_seed(0)
+    models = {"generator": MLP(2, 2, hidden=32, depth=2), "critic": MLP(2, 1, hidden=32, depth=2)}
+    opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.0, 0.9)) for n, m in models.items()}
+    config = TrainConfig(steps=steps, batch_size=64, log_every=10, sample_every=0, checkpoint_every=1000,
+                         tensorboard=False, progress=False)
+    return Trainer(models, opts, WGANGP(latent_dim=2), ToyStream("8gaussians", 64, seed=1), config,
+                   run_dir=run_dir, recipe="gan-test", run_config={}, seed=0, update_every={"generator": 5})
+
+
+def test_two_optimizers_at_five_to_one(tmp_path):
+    t = gan_trainer(tmp_path, 50)
+    g0 = [p.clone() for p in t.models["generator"].parameters()]
+    t.fit()
+    steps = {n: {int(s["step"]) for s in o.state_dict()["state"].values()} for n, o in t.optimizers.items()}
+    assert steps == {"critic": {50}, "generator": {10}}
+    assert t._ema_updates == {"critic": 50, "generator": 10}
+    assert any(not torch.equal(a, b) for a, b in zip(g0, t.models["generator"].parameters()))
+    log = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss/critic", "loss/generator"):
+        values = [d[key] for d in log]
+        assert all(math.isfinite(v) for v in values) and len(set(values)) == len(values)
+
+
+def test_update_ratio_must_name_an_optimizer(tmp_path):
+    t = gan_trainer(None, 1)
+    with pytest.raises(GenkitError, match="not an optimizer"):
+        Trainer(t.models, t.optimizers, t.objective, t.data, t.config, run_dir=None, recipe="x",
+                run_config={}, update_every={"gen": 5})
+
+
+def test_accumulation_matches_one_big_batch():
+    """Two micro-batches of 32 give the gradient of their mean, like one batch of 64."""
+    def run(accumulate):
+        torch.manual_seed(0)
+        model = MLP(2, 1, hidden=16, depth=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        xs = iter(torch.randn(4, 32, 2, generator=torch.Generator().manual_seed(0)))
+
+        class Stream:
+            def __next__(self):
+                return next(xs)
+            def state_dict(self):
+                return {}
+            def load_state_dict(self, s):
+                pass
+
+        class Batches:  # one 64 batch == two 32 micro-batches
+            def __init__(self):
+                self.src = Stream()
+            def __next__(self):
+                return torch.cat([next(self.src), next(self.src)]) if accumulate == 1 else next(self.src)
+            def state_dict(self):
+                return {}
+            def load_state_dict(self, s):
+                pass
+
+        obj = lambda models, x, *, need, generator=None: LossOutput({"model": (models["model"](x) ** 2).mean()})
+        cfg = TrainConfig(steps=2, batch_size=64, accumulate=accumulate, tensorboard=False, progress=False)
+        Trainer({"model": model}, {"model": opt}, obj, Batches(), cfg, run_dir=None, recipe="x", run_config={}).fit()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(1), run(2)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_follows_the_formula():
+    model = nn.Linear(3, 1)
+    ema = EMA(model, decay=0.9, warmup=True)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=0)  # warm-up decay min(0.9, 1/10) = 0.1
+    assert ema_decay(0, 0.9, True) == pytest.approx(0.1)
+    torch.testing.assert_close(ema.module.weight, 0.1 * start + 0.9 * (start + 1.0))
+    assert ema_decay(1000, 0.9, True) == 0.9 and ema_decay(0, 0.9, False) == 0.9
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_batch_size_must_divide():
+    with pytest.raises(GenkitError, match="multiple of ranks x accumulate"):
+        TrainConfig(batch_size=10, accumulate=3).micro_batch_size(1)
