@@ -70,8 +70,10 @@ def test_solve_keep_with_dopri5_and_shape_errors():
 
 
 def test_image_shaped_samples():
-    sampler = ODESampler(lambda x, t: -x, (1, 4, 4), steps=5)
+    rate = torch.tensor(1.0, requires_grad=True)  # a parameter: sample() must not build a graph through it
+    sampler = ODESampler(lambda x, t: -rate * x, (1, 4, 4), steps=5)
     out = sampler.sample(3, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (3, 1, 4, 4)
+    assert out.shape == (3, 1, 4, 4) and not out.requires_grad
+    assert sampler.solve(torch.zeros(1, 1, 4, 4)).x.requires_grad  # solve() is differentiable
     z = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, z * 0.8**5)  # five Euler steps of dx/dt = -x with dt = 0.2

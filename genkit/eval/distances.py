@@ -27,7 +27,9 @@ def energy_distance(x: Tensor, y: Tensor) -> Tensor:
         on ``x``'s device; memory is ``O((N + M)^2)``.
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise GenkitError(f"energy_distance expects (N, d) and (M, d) tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise GenkitError(
+            f"energy_distance expects (N, d) and (M, d) tensors, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.shape[0] == 0 or y.shape[0] == 0:
         raise GenkitError("energy_distance needs at least one sample in each set")
     x = x.to(torch.float64)

@@ -33,6 +33,7 @@ from genkit.solvers import Method
 from genkit.train import TrainConfig, Trainer
 from genkit.train import distributed
 from genkit.train.checkpoint import write_json_atomic
+from genkit.train.logging import update_eval
 
 RECIPE = "reflow"
 
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         if info.is_main:
             metrics = evaluate(trainer.ema["model"].module, cfg, device, result.step)
-            write_json_atomic(cfg.out / "eval.json", metrics)
+            update_eval(cfg.out, metrics)
             print(f"done: step {result.step}, energy distance {metrics['energy_distance']:.5f} "
                   f"(data floor {metrics['energy_distance_data_floor']:.5f}); results in {cfg.out}")
         distributed.barrier(info)

@@ -61,3 +61,17 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def update_eval(run_dir: Path, values: Mapping[str, object]) -> dict:
+    """Merge ``values`` into the run's flat ``eval.json`` (created if missing); returns the result.
+
+    Each evaluation (the recipe's own, FID, NLL, ...) adds its keys and keeps the others.
+    """
+    from genkit.train.checkpoint import write_json_atomic
+
+    path = Path(run_dir) / "eval.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(values)
+    write_json_atomic(path, merged)
+    return merged

@@ -127,7 +127,10 @@ def test_training_learns_closed_form_velocity(one_thread):
 def test_gradients_reach_the_model_and_custom_key():
     model = VelocityMLP(D, hidden=16, depth=1)
     out = _objective(model="flow")(
-        {"flow": model}, (_data(8), torch.zeros(8)), need=frozenset({"flow"}), generator=torch.Generator().manual_seed(0)
+        {"flow": model},
+        (_data(8), torch.zeros(8)),
+        need=frozenset({"flow"}),
+        generator=torch.Generator().manual_seed(0),
     )
     assert set(out.losses) == {"flow"} and out.losses["flow"].dim() == 0
     out.losses["flow"].backward()
