@@ -126,6 +126,7 @@ def _atomic_png(path: PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a figure is for everyone to read
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,7 @@ class Trainer:
         logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=self.config.tensorboard)
         logger.open(self.step)
         bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s
                    disable=not (self.dist.is_main and self.config.progress))
         old_handlers = self._install_signal_handlers()
         saved: Path | None = None
