@@ -1,6 +1,6 @@
 """Distillation of a (rectified) flow into a one- or k-step map (SPEC section 2(b)).
 
-The student trains on pairs ``(Z_0, Z_1)`` of a teacher flow (:func:`genkit.couplings.reflow_pairs`):
+The student trains on pairs ``(Z_0, Z_1)`` of a teacher flow (:mod:`genkit.pairs`):
 
 * ``steps = 1``: the one-step map ``x_1_hat = z_0 + v(z_0, 0)`` is compared with ``z_1``
   (this is what ``ODESampler(field, shape, method="euler", steps=1)`` computes);

@@ -1,53 +1,78 @@
-"""Rectified flow (flow matching on the straight-line path) through the shared Trainer.
+"""Rectified flow, reflow and distillation through the shared Trainer.
 
-    python -m genkit.recipes.reflow --preset toy                  # 2-D data, CPU, < 3 minutes
-    python -m genkit.recipes.reflow --preset toy --out runs/x --train.steps 500
+    python -m genkit.recipes.reflow --preset toy                       # 1-RF on 2-D data, CPU, ~1 minute
+    python -m genkit.recipes.reflow --preset mnist --out runs/mnist-1rf
+    python -m genkit.recipes.reflow --preset mnist --stage reflow --teacher runs/mnist-1rf --out runs/mnist-2rf
+    python -m genkit.recipes.reflow --preset mnist --stage distill --teacher runs/mnist-2rf --out runs/mnist-2rf-d1
     torchrun --nproc_per_node=2 -m genkit.recipes.reflow --preset toy   # data parallel, same command
 
-Writes into ``--out``: config.json, metrics.jsonl, checkpoints/, samples/ (scatter and
-trajectory plots), eval.json (energy distance of EMA samples to held-out data, next to
-the same distance between two independent data samples: the floor). Running the same
-command again with the same ``--out`` resumes.
+Stages (SPEC section 2): ``rf`` trains a flow from N(0, I) to the data; ``reflow`` simulates
+pairs (Z_0, Z_1) with the teacher run's EMA flow, streams them to ``<out>/pairs`` (resumable)
+and retrains on them, warm-started from the teacher; ``distill`` trains a one-step (or
+``--distill.steps k``) student on the teacher's pairs. Every stage writes its own run folder:
+config.json (with the teacher it points at), metrics.jsonl, checkpoints/, samples/ (plots or
+image grids at several NFE), eval.json (straightness, NFE, and on 2-D data the energy distance
+to held-out data next to the data-vs-data floor). The same command with the same ``--out``
+resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
 
-from genkit.cli import parse_config, print_config, run_main, to_jsonable
-from genkit.data.toy import TOY_DATASETS, ToyStream, sample_toy
+from genkit.cli import apply_overrides, parse_config, print_config, run_main, to_jsonable
+from genkit.data.images import ImageStream, load_images
+from genkit.data.toy import TOY_DATASETS, ToyStream
 from genkit.errors import GenkitError
-from genkit.eval.distances import energy_distance
-from genkit.objectives.flow_matching import FlowMatching
-from genkit.paths import AffinePath, LinearSchedule
-from genkit.sampling import ODESampler
-from genkit.seeding import derive_seed
+from genkit.objectives.distillation import Distillation
+from genkit.objectives.flow_matching import TIME_SAMPLERS, FlowMatching
+from genkit.paths import SCHEDULES, AffinePath, make_schedule
 from genkit.solvers import Method
 from genkit.train import TrainConfig, Trainer
+from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
 from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
 
 RECIPE = "reflow"
+IMAGE_SETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder")
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "8gaussians"
-    """toy data set: 8gaussians, moons, checkerboard, spirals"""
+    """2-D: 8gaussians, moons, checkerboard, spirals; images: mnist, fashion-mnist, cifar10, imagefolder"""
+    root: Path = Path("data")
+    """image data root (torchvision layout), or the ImageFolder directory"""
+    download: bool = True
+    """let torchvision download missing image sets (needs network)"""
+    hflip: bool = False
+    """random horizontal flips of images"""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     hidden: int = 256
+    """MLP width (2-D data)"""
     depth: int = 3
+    """MLP hidden layers (2-D data)"""
+    unet: str = "auto"
+    """UNet preset for images: mnist, cifar10, or auto (mnist for 28x28 sets, else cifar10)"""
+    unet_channels: tuple[int, ...] = ()
+    """override the UNet's block_out_channels (attention at the second level)"""
+    unet_layers: int = 0
+    """override the UNet's layers_per_block (0: the preset's)"""
 
 
 @dataclass(frozen=True)
@@ -58,23 +83,58 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class FlowConfig:
+    schedule: str = "linear"
+    """path schedule: linear (rectified flow), cosine, vp, polynomial"""
+    time: str = "uniform"
+    """training-time sampler: uniform, logit_normal, u_shaped"""
+    coupling: Literal["independent", "ot"] = "independent"
+    """noise-data pairing for stage rf (minibatch OT or independent)"""
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    n: int = 20_000
+    """number of teacher pairs (Z_0, Z_1) for stages reflow and distill"""
+    method: Method = "rk4"
+    steps: int = 50
+    batch_size: int = 1000
+    shard_size: int = 10_000
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 1
+    """student steps: 1 = one-step map x_1 = x_0 + v(x_0, 0)"""
+    loss: Literal["l2", "pseudo_huber"] = "l2"
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     method: Method = "euler"
     steps: int = 100
-    """solver steps (fixed-step methods)"""
+    """solver steps for snapshots and the main metric (fixed-step methods)"""
+    nfe: tuple[int, ...] = (1, 2, 10, 100)
+    """Euler step counts at which the final samples are drawn and judged"""
     n_eval: int = 2000
-    """samples for the final metric (and as many held-out data points)"""
+    """samples for the final metrics (2-D: and as many held-out points)"""
     n_snapshot: int = 1000
+    """samples per snapshot (images: a grid of up to 64)"""
+    n_straightness: int = 500
 
 
 @dataclass(frozen=True)
 class ReflowConfig:
-    """Rectified flow: N(0, I) -> data along x_t = t x_1 + (1 - t) x_0."""
+    """Rectified flow: N(0, I) -> data along x_t = t x_1 + (1 - t) x_0; reflow; distillation."""
 
     preset: str | None = None
     """preset from recipes/reflow/<name>.toml (applied before other flags)"""
     out: Path = Path("runs/reflow")
     """run folder; running again with the same folder resumes"""
+    stage: Literal["rf", "reflow", "distill"] = "rf"
+    teacher: Path | None = None
+    """run folder of the previous stage (stages reflow and distill)"""
     seed: int = 0
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
@@ -83,11 +143,14 @@ class ReflowConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, batch_size=512, log_every=100,
-                                                                    sample_every=1000, checkpoint_every=1000))
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, batch_size=512))
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+# ---- building blocks ------------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = f"cuda:{distributed.env_local_rank()}" if torch.cuda.is_available() else "cpu"
@@ -100,64 +163,126 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_field(cfg: ReflowConfig) -> nn.Module:
-    from genkit.nn.mlp import VelocityMLP
-
-    return VelocityMLP(2, hidden=cfg.model.hidden, depth=cfg.model.depth)
-
-
-def make_sampler(field: nn.Module, cfg: ReflowConfig, device: torch.device) -> ODESampler:
-    return ODESampler(field, (2,), method=cfg.sample.method, steps=cfg.sample.steps, device=device)
-
-
-def snapshot_fn(cfg: ReflowConfig, device: torch.device):
-    from genkit.plots import save_scatter
-
-    samples_dir = cfg.out / "samples"
-
-    def snapshot(ema: Mapping[str, nn.Module], step: int) -> None:
-        gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "snapshot"))
-        x = make_sampler(ema["model"], cfg, device).sample(cfg.sample.n_snapshot, generator=gen)
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        save_scatter(x.cpu(), samples_dir / f"step_{step:08d}.png", title=f"{cfg.data.dataset}, step {step}")
-
-    return snapshot
+def check_config(cfg: ReflowConfig) -> None:
+    known = sorted(TOY_DATASETS) + list(IMAGE_SETS)
+    if cfg.data.dataset not in known:
+        raise GenkitError(f"unknown dataset '{cfg.data.dataset}' (known: {', '.join(known)})")
+    if cfg.flow.schedule not in SCHEDULES:
+        raise GenkitError(f"unknown schedule '{cfg.flow.schedule}' (known: {', '.join(SCHEDULES)})")
+    if cfg.flow.time not in TIME_SAMPLERS:
+        raise GenkitError(f"unknown time sampler '{cfg.flow.time}' (known: {', '.join(TIME_SAMPLERS)})")
+    if cfg.stage != "rf" and cfg.teacher is None:
+        raise GenkitError(f"stage '{cfg.stage}' needs --teacher RUN_DIR (the run folder of the previous stage)")
 
 
-def evaluate(field: nn.Module, cfg: ReflowConfig, device: torch.device, step: int) -> dict:
-    """Energy distance of EMA samples to held-out data, with the data-vs-data floor; plots."""
-    from genkit.plots import save_scatter, save_trajectories
-
-    n = cfg.sample.n_eval
-    held_out = sample_toy(cfg.data.dataset, n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "heldout")))
-    other = sample_toy(cfg.data.dataset, n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "heldout2")))
-    sampler = make_sampler(field, cfg, device)
-    x_0 = torch.randn(n, 2, generator=torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "eval")), device=device)
-    with torch.no_grad():
-        traj = sampler.solve(x_0, keep=cfg.sample.steps + 1 if cfg.sample.method != "dopri5" else 50)
-    samples = traj.x.float().cpu()
-    result = {
-        "step": step,
-        "energy_distance": float(energy_distance(samples, held_out)),
-        "energy_distance_data_floor": float(energy_distance(other, held_out)),
-        "n": n,
-        "solver": cfg.sample.method,
-        "nfe": traj.nfe,
-        "weights": "ema",
-        "seed": cfg.seed,
-    }
-    samples_dir = cfg.out / "samples"
-    samples_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{cfg.data.dataset}: rectified flow, {cfg.sample.method} NFE {traj.nfe}"
-    save_scatter(samples, samples_dir / "final.png", reference=held_out, title=title)
-    save_trajectories(traj.xs.float().cpu(), samples_dir / "trajectories.png", title=f"{cfg.data.dataset}: trajectories t: 0 -> 1")
-    return result
+def load_train_images(cfg: ReflowConfig) -> torch.Tensor:
+    """uint8 (N, C, H, W) training images of the configured set."""
+    return load_images(cfg.data.dataset, root=cfg.data.root, split="train", download=cfg.data.download)
 
 
+def build_field(model: ModelConfig, shape: tuple[int, ...]) -> nn.Module:
+    """The velocity network for samples of ``shape``: an MLP for vectors, a UNet for images."""
+    if len(shape) == 1:
+        from genkit.nn.mlp import VelocityMLP
+
+        return VelocityMLP(shape[0], hidden=model.hidden, depth=model.depth)
+    from genkit.nn.unet import build_unet
+
+    preset = model.unet if model.unet != "auto" else ("mnist" if shape[-1] == 28 else "cifar10")
+    overrides: dict = {}
+    if model.unet_channels:
+        levels = len(model.unet_channels)
+        down = ["AttnDownBlock2D" if i == 1 else "DownBlock2D" for i in range(levels)]
+        overrides |= dict(block_out_channels=tuple(model.unet_channels), down_block_types=tuple(down),
+                          up_block_types=tuple(t.replace("Down", "Up") for t in reversed(down)),
+                          norm_num_groups=min(32, math.gcd(*model.unet_channels)))
+    if model.unet_layers:
+        overrides["layers_per_block"] = model.unet_layers
+    return build_unet(preset, image_size=shape[-1], channels=shape[0], **overrides)
+
+
+def make_sampler(net: nn.Module, shape: tuple[int, ...], method: str, steps: int, device: torch.device):
+    from genkit.sampling import ODESampler
+
+    return ODESampler(net, shape, method=method, steps=steps, device=device)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A finished (or running) run's EMA flow, ready to sample: the hook the evaluation CLIs use."""
+
+    field: nn.Module
+    config: ReflowConfig
+    shape: tuple[int, ...]
+    step: int
+
+    def sampler(self, *, method: str | None = None, steps: int | None = None, device: torch.device | None = None):
+        s = self.config.sample
+        return make_sampler(self.field, self.shape, method or s.method, steps or s.steps,
+                            device or next(self.field.parameters()).device)
+
+
+def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> LoadedRun:
+    """Rebuild a reflow run's network from its config.json and load its latest (EMA) weights."""
+    run_dir = Path(run_dir)
+    try:
+        card = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise GenkitError(f"{run_dir} is not a run folder (no readable config.json): point at a --out folder") from None
+    if card.get("recipe") != RECIPE:
+        raise GenkitError(f"{run_dir} is a run of recipe '{card.get('recipe')}', not '{RECIPE}'")
+    shape = tuple(card["shape"])
+    fields = {f.name for f in dataclasses.fields(ReflowConfig)}
+    settings = {k: v for k, v in card.items() if k in fields}  # the card also holds recipe, shape, ...
+    cfg = apply_overrides(ReflowConfig(), settings)
+    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise GenkitError(f"{run_dir} has no checkpoint yet: train it first")
+    net = build_field(cfg.model, shape)
+    ckpt.check_compatible(path, recipe=RECIPE, models={"model": net})
+    ckpt.load_weights(path, "model", net, ema=ema)
+    return LoadedRun(net.to(device).eval().requires_grad_(False), cfg, shape, ckpt.read_card(path)["step"])
+
+
+def load_teacher(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device) -> LoadedRun:
+    teacher = load_run(cfg.teacher, device=device)
+    if teacher.config.data.dataset != cfg.data.dataset or teacher.shape != shape:
+        raise GenkitError(
+            f"teacher {cfg.teacher} was trained on {teacher.config.data.dataset} {list(teacher.shape)}, not "
+            f"{cfg.data.dataset} {list(shape)}: use a teacher of the same dataset"
+        )
+    return teacher
+
+
+def warm_start(student: nn.Module, teacher: LoadedRun) -> None:
+    """Initialise the student with the teacher's EMA weights (same architecture required)."""
+    want = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in teacher.field.state_dict().items()}
+    if want != have:
+        key = next((k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)), "?")
+        raise GenkitError(
+            f"teacher network differs from this stage's ('{key}': {have.get(key)} vs {want.get(key)}): "
+            "use the teacher's --model options"
+        )
+    student.load_state_dict(teacher.field.state_dict())
+
+
+def build_objective(cfg: ReflowConfig):
+    if cfg.stage == "distill":
+        return Distillation(steps=cfg.distill.steps, loss=cfg.distill.loss)
+    return FlowMatching(AffinePath(make_schedule(cfg.flow.schedule)), time=TIME_SAMPLERS[cfg.flow.time](),
+                        coupling=cfg.flow.coupling)
+
+
+def main_sampler_steps(cfg: ReflowConfig) -> tuple[str, int]:
+    """The sampler a stage is judged with: a distilled k-step student uses k Euler steps."""
+    return ("euler", cfg.distill.steps) if cfg.stage == "distill" else (cfg.sample.method, cfg.sample.steps)
+
+
+# ---- the command ------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(ReflowConfig, RECIPE, argv, description=__doc__.split("\n\n")[0])
-    if cfg.data.dataset not in TOY_DATASETS:
-        raise GenkitError(f"unknown dataset '{cfg.data.dataset}' for this recipe (known: {', '.join(sorted(TOY_DATASETS))})")
+    check_config(cfg)
     if cfg.dry_run:
         print_config(cfg)
         return 0
@@ -166,33 +291,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.cuda.set_device(device)
     info = distributed.init(device)
     try:
-        torch.manual_seed(cfg.seed)  # the one global seed: model initialisation
-        field = build_field(cfg).to(device)
-        opt = torch.optim.Adam(field.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-        data = ToyStream(cfg.data.dataset, cfg.train.micro_batch_size(info.world_size), seed=cfg.seed, rank=info.rank, device=device)
-        if info.is_main:
-            cfg.out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cfg.out / "config.json", {"recipe": RECIPE, **to_jsonable(cfg)})
-        trainer = Trainer(
-            {"model": field}, {"model": opt}, FlowMatching(AffinePath(LinearSchedule())), data, cfg.train,
-            run_dir=cfg.out, recipe=RECIPE, run_config=to_jsonable(dataclasses.replace(cfg, dry_run=False)),
-            seed=cfg.seed, dist=info, snapshot=snapshot_fn(cfg, device),
-        )
-        result = trainer.fit()
-        if result.interrupted:
-            if info.is_main:
-                print(f"stopped at step {result.step}; checkpoint {result.checkpoint}. Run the same command to resume.",
-                      file=sys.stderr)
-            return 130
-        if info.is_main:
-            metrics = evaluate(trainer.ema["model"].module, cfg, device, result.step)
-            update_eval(cfg.out, metrics)
-            print(f"done: step {result.step}, energy distance {metrics['energy_distance']:.5f} "
-                  f"(data floor {metrics['energy_distance_data_floor']:.5f}); results in {cfg.out}")
-        distributed.barrier(info)
-        return 0
+        return run(cfg, device, info)
     finally:
         distributed.shutdown()
+
+
+def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> int:
+    from genkit.recipes import reflow_eval
+
+    micro = cfg.train.micro_batch_size(info.world_size)
+    images = None if cfg.data.dataset in TOY_DATASETS else load_train_images(cfg)
+    shape = (2,) if images is None else tuple(images.shape[1:])
+    torch.manual_seed(cfg.seed)  # the one global seed: model initialisation
+    net = build_field(cfg.model, shape).to(device)
+    card = {"recipe": RECIPE, "shape": list(shape), **to_jsonable(dataclasses.replace(cfg, dry_run=False))}
+    if cfg.stage == "rf":
+        data = (ToyStream(cfg.data.dataset, micro, seed=cfg.seed, rank=info.rank, device=device) if images is None
+                else ImageStream(images, micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                                 hflip=cfg.data.hflip, device=device))
+    else:
+        from genkit.pairs import PairStream
+
+        teacher = load_teacher(cfg, shape, device)
+        card["teacher_checkpoint_step"] = teacher.step
+        pairs_dir = cfg.out / "pairs"
+        if info.is_main:
+            reflow_eval.make_pairs(teacher, cfg, pairs_dir, device)
+        distributed.barrier(info)
+        if ckpt.latest_checkpoint(cfg.out / "checkpoints") is None:
+            warm_start(net, teacher)
+        del teacher
+        data = PairStream(pairs_dir, micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size, device=device)
+    if info.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg.out / "config.json", card)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    trainer = Trainer(
+        {"model": net}, {"model": opt}, build_objective(cfg), data, cfg.train,
+        run_dir=cfg.out, recipe=RECIPE, run_config=card, seed=cfg.seed, dist=info,
+        snapshot=reflow_eval.snapshot_fn(cfg, shape, device),
+    )
+    result = trainer.fit()
+    if result.interrupted:
+        if info.is_main:
+            print(f"stopped at step {result.step}; checkpoint {result.checkpoint}. Run the same command to resume.",
+                  file=sys.stderr)
+        return 130
+    if info.is_main:
+        metrics = reflow_eval.evaluate(trainer.ema["model"].module, cfg, shape, device, result.step)
+        update_eval(cfg.out, metrics)
+        print(f"done: step {result.step}; {reflow_eval.summary(metrics)}; results in {cfg.out}")
+    distributed.barrier(info)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import integrate as quad
+from scipy import special, stats
 
+from genkit.couplings import Pairs, ot_pairs
 from genkit.errors import GenkitError
 from genkit.nn.mlp import VelocityMLP
 from genkit.objectives.base import LossOutput
-from genkit.objectives.flow_matching import FlowMatching
+from genkit.objectives.flow_matching import (
+    TIME_SAMPLERS,
+    FlowMatching,
+    LogitNormalTime,
+    UniformTime,
+    UShapedTime,
+)
 from genkit.paths import AffinePath, LinearSchedule
 
 MU, SIGMA, D = 1.7, 0.4, 2
@@ -146,3 +155,129 @@ def test_bad_input():
         _objective(t_min=1.0)
     with pytest.raises(GenkitError, match="data"):
         _objective()({"model": Fn(lambda x, t: x)}, {"x": _data(4)}, need=NEED)
+
+
+# ----------------------------------------------------------------------------- couplings and pairs
+
+
+def _hand_loss(model, x_0, x_1, t):
+    tb = t.view(-1, *[1] * (x_1.dim() - 1))
+    x_t = tb * x_1 + (1 - tb) * x_0
+    return ((model(x_t, t) - (x_1 - x_0)) ** 2).mean()
+
+
+def test_pairs_batch_is_used_as_given():
+    g = torch.Generator().manual_seed(3)
+    x_0, x_1 = torch.randn(5, 2, 3, generator=g), torch.randn(5, 2, 3, generator=g)
+    model = Fn(lambda x, t: x.sin() * t.view(-1, 1, 1))
+    for coupling in ("independent", "ot"):  # the coupling is ignored for Pairs
+        out = _objective(coupling=coupling)(
+            {"model": model}, Pairs(x_0, x_1), need=NEED, generator=torch.Generator().manual_seed(11)
+        )
+        t = torch.rand(5, generator=torch.Generator().manual_seed(11))  # the only draw: t
+        torch.testing.assert_close(out.losses["model"], _hand_loss(model, x_0, x_1, t))
+
+
+def test_ot_coupling_pairs_drawn_noise_with_the_data():
+    x_1 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1)) + 3.0
+    labels = torch.arange(16)
+    model = Fn(lambda x, t: 0.3 * x - t[:, None])
+    out = _objective(coupling="ot")(
+        {"model": model}, (x_1, labels), need=NEED, generator=torch.Generator().manual_seed(5)
+    )
+    g = torch.Generator().manual_seed(5)  # documented draws: x_0 (then reordered), then t
+    x_0 = ot_pairs(x_1, generator=g).x_0
+    t = torch.rand(16, generator=g)
+    torch.testing.assert_close(out.losses["model"], _hand_loss(model, x_0, x_1, t))
+    # ... which differs from the independent pairing of the same draw.
+    ind = _objective()({"model": model}, x_1, need=NEED, generator=torch.Generator().manual_seed(5))
+    assert abs(ind.losses["model"].item() - out.losses["model"].item()) > 1e-3
+
+
+def test_pairs_bad_input():
+    with pytest.raises(GenkitError, match="same shape"):
+        _objective()({"model": Fn(lambda x, t: x)}, Pairs(torch.zeros(4, 2), torch.zeros(4, 3)), need=NEED)
+    with pytest.raises(GenkitError, match="x_0"):
+        bad = Pairs(torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 2))
+        _objective()({"model": Fn(lambda x, t: x)}, bad, need=NEED)
+    with pytest.raises(GenkitError, match="coupling"):
+        _objective(coupling="sinkhorn")
+
+
+# ----------------------------------------------------------------------------- time samplers
+
+N_TIMES = 20_000
+KS_CRIT_1PCT = 1.628 / math.sqrt(N_TIMES)  # asymptotic one-sample KS critical value at the 1 % level
+
+
+def _times(sampler, seed=0, dtype=torch.float64):
+    return sampler(N_TIMES, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"), dtype=dtype)
+
+
+def _u_cdf(t, a):
+    return (np.sinh(a * (t - 0.5)) + np.sinh(a / 2)) / (2 * np.sinh(a / 2))
+
+
+def test_uniform_time_range_and_law():
+    t = _times(UniformTime(0.25))
+    assert t.shape == (N_TIMES,) and t.dtype == torch.float64
+    assert t.min() >= 0.25 and t.max() < 1.0
+    assert stats.kstest(t.numpy(), stats.uniform(0.25, 0.75).cdf).statistic < KS_CRIT_1PCT
+
+
+@pytest.mark.parametrize("mean, std", [(0.0, 1.0), (-0.5, 0.7)])
+def test_logit_normal_time_matches_closed_form_cdf(mean, std):
+    # P(T <= t) = Phi((logit t - mean) / std).
+    t = _times(LogitNormalTime(mean, std))
+    assert 0.0 < t.min() and t.max() < 1.0
+
+    def cdf(u):
+        return stats.norm.cdf((special.logit(u) - mean) / std)
+
+    assert stats.kstest(t.numpy(), cdf).statistic < KS_CRIT_1PCT
+    # The median is sigmoid(mean): within 4 standard errors of a binomial proportion.
+    frac = (t < special.expit(mean)).double().mean().item()
+    assert abs(frac - 0.5) < 4 * 0.5 / math.sqrt(N_TIMES)
+
+
+@pytest.mark.parametrize("a", [4.0, 1.0])
+def test_u_shaped_time_matches_closed_form_cdf(a):
+    t = _times(UShapedTime(a))
+    assert 0.0 <= t.min() and t.max() <= 1.0
+    assert stats.kstest(t.numpy(), lambda u: _u_cdf(u, a)).statistic < KS_CRIT_1PCT
+    # Symmetric about 1/2: mean 1/2 within 4 standard errors (std <= 1/2).
+    assert abs(t.mean().item() - 0.5) < 4 * 0.5 / math.sqrt(N_TIMES)
+
+
+def test_u_shaped_time_is_denser_at_the_ends():
+    # a = 4: mass of [0, 0.1] is F(0.1) = 0.1725, of [0.45, 0.55] 0.0555 (ratio 3.1; density ratio cosh 2 = 3.76).
+    t = _times(UShapedTime(), seed=1, dtype=torch.float32)
+    left, right = (t < 0.1).sum().item(), (t > 0.9).sum().item()
+    middle = ((t > 0.45) & (t < 0.55)).sum().item()
+    assert left > 2 * middle and right > 2 * middle
+    assert _u_cdf(0.1, 4.0) == pytest.approx(0.1725, abs=1e-4)
+    assert (left + right) / N_TIMES == pytest.approx(2 * _u_cdf(0.1, 4.0), abs=4 * math.sqrt(0.345 * 0.655 / N_TIMES))
+
+
+def test_flow_matching_draws_times_from_the_sampler():
+    x_1 = torch.randn(7, 2, generator=torch.Generator().manual_seed(0))
+    model = Fn(lambda x, t: x * t[:, None])
+    for sampler in (UShapedTime(3.0), LogitNormalTime(0.5, 2.0)):
+        out = _objective(time=sampler)({"model": model}, x_1, need=NEED, generator=torch.Generator().manual_seed(4))
+        g = torch.Generator().manual_seed(4)
+        x_0 = torch.randn(7, 2, generator=g)
+        t = sampler(7, generator=g, device=torch.device("cpu"), dtype=torch.float32)
+        torch.testing.assert_close(out.losses["model"], _hand_loss(model, x_0, x_1, t))
+    assert _objective(time=UShapedTime()).t_min == 0.0 and _objective(t_min=0.3).t_min == 0.3
+
+
+def test_time_sampler_bad_input():
+    assert set(TIME_SAMPLERS) == {"uniform", "logit_normal", "u_shaped"}
+    with pytest.raises(GenkitError, match="not both"):
+        _objective(t_min=0.1, time=UShapedTime())
+    with pytest.raises(GenkitError, match="t_min"):
+        UniformTime(-0.1)
+    with pytest.raises(GenkitError, match="std"):
+        LogitNormalTime(0.0, 0.0)
+    with pytest.raises(GenkitError, match="a > 0"):
+        UShapedTime(0.0)

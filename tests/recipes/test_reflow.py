@@ -93,7 +93,9 @@ def test_toy_preset_learns(capsys, tmp_path):
     assert ev["energy_distance"] < 3 * ev["energy_distance_data_floor"], ev
     assert (out / "samples" / "final.png").stat().st_size > 0 and (out / "samples" / "trajectories.png").stat().st_size > 0
 
+    from genkit.recipes import reflow_eval
+
     cfg = reflow.parse_config(reflow.ReflowConfig, "reflow", ["--preset", "toy", "--out", str(tmp_path / "untrained")])
     torch.manual_seed(0)
-    untrained = reflow.evaluate(reflow.build_field(cfg), cfg, torch.device("cpu"), 0)
+    untrained = reflow_eval.evaluate(reflow.build_field(cfg.model, (2,)), cfg, (2,), torch.device("cpu"), 0)
     assert untrained["energy_distance"] > 100 * untrained["energy_distance_data_floor"]

@@ -1,0 +1,149 @@
+import functools
+import itertools
+
+import pytest
+import torch
+
+from genkit.analytic import atoms_velocity, gaussian_posterior_mean, gaussian_velocity
+from genkit.errors import GenkitError
+from genkit.parameterization import (
+    PREDICTIONS,
+    ScheduleTransfer,
+    as_velocity,
+    convert,
+    from_x1_eps,
+    to_x1_eps,
+)
+from genkit.paths import AffinePath, CosineSchedule, LinearSchedule, PolynomialSchedule, VPSchedule
+
+F64 = torch.float64
+SCHEDULES = {
+    "linear": LinearSchedule(),
+    "cosine": CosineSchedule(),
+    "vp": VPSchedule(),
+    "polynomial": PolynomialSchedule(),
+    "polynomial_0.5": PolynomialSchedule(0.5),
+}
+ATOMS = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=F64)
+WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
+
+
+def _batch(shape=(16, 3, 2), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_1 = torch.randn(shape, generator=g, dtype=F64)
+    eps = torch.randn(shape, generator=g, dtype=F64)
+    t = 0.05 + 0.9 * torch.rand(shape[0], generator=g, dtype=F64)
+    return x_1, eps, t
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("src, dst", list(itertools.product(PREDICTIONS, PREDICTIONS)))
+def test_convert_round_trip(name, src, dst):
+    schedule = SCHEDULES[name]
+    x_1, eps, t = _batch()
+    x_t = AffinePath(schedule).sample(eps, x_1, t).x_t
+    pred = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7), dtype=F64)  # any prediction
+    back = convert(convert(pred, x_t, t, schedule, src=src, dst=dst), x_t, t, schedule, src=dst, dst=src)
+    torch.testing.assert_close(back, pred, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_velocity_from_x1_eps_is_path_velocity(name):
+    schedule = SCHEDULES[name]
+    x_1, eps, t = _batch()
+    s = AffinePath(schedule).sample(eps, x_1, t)
+    torch.testing.assert_close(from_x1_eps("velocity", x_1, eps, t, schedule), s.dx_t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+@pytest.mark.parametrize("kind", PREDICTIONS)
+def test_true_pair_is_recovered_from_every_kind(name, kind):
+    schedule = SCHEDULES[name]
+    x_1, eps, t = _batch()
+    x_t = AffinePath(schedule).sample(eps, x_1, t).x_t
+    pred = from_x1_eps(kind, x_1, eps, t, schedule)
+    x_1_hat, eps_hat = to_x1_eps(kind, pred, x_t, t, schedule)
+    torch.testing.assert_close(x_1_hat, x_1, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(eps_hat, eps, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_score_is_gradient_of_gaussian_log_density(name):
+    # x_1 ~ N(mu, s^2 I): x_t ~ N(alpha mu, (alpha^2 s^2 + sigma^2) I), whose score is known;
+    # converting the exact posterior mean E[x_1 | x_t] to "score" must give it.
+    schedule, mu, s = SCHEDULES[name], 0.7, 1.3
+    _, x_t, t = _batch(seed=2)
+    x_1_hat = gaussian_posterior_mean(x_t, t, mu, s, schedule)
+    c = schedule(t)
+    alpha, sigma = c.alpha_t.view(-1, 1, 1), c.sigma_t.view(-1, 1, 1)
+    true_score = -(x_t - alpha * mu) / (alpha**2 * s**2 + sigma**2)
+    torch.testing.assert_close(convert(x_1_hat, x_t, t, schedule, src="x_1", dst="score"), true_score)
+
+
+def test_as_velocity_wraps_eps_network():
+    schedule = CosineSchedule()
+    x_1, eps, t = _batch()
+    x_t = AffinePath(schedule).sample(eps, x_1, t).x_t
+    net = lambda x, tt: torch.where(x == x_t, eps, torch.nan)  # noqa: E731 -- an "oracle" eps network at x_t
+    v = as_velocity(net, "eps", schedule)(x_t, t)
+    torch.testing.assert_close(v, AffinePath(schedule).sample(eps, x_1, t).dx_t)
+
+
+def test_convert_errors():
+    x_1, eps, t = _batch()
+    with pytest.raises(GenkitError, match="unknown prediction kind 'noise'"):
+        convert(x_1, eps, t, LinearSchedule(), src="noise", dst="velocity")
+    with pytest.raises(GenkitError, match="choose one of velocity, eps, x_1, score"):
+        as_velocity(lambda x, t: x, "v", LinearSchedule())
+    with pytest.raises(GenkitError, match="same shape"):
+        convert(x_1, eps[:, :1], t, LinearSchedule(), src="eps", dst="x_1")
+    with pytest.raises(GenkitError, match=r"\(B,\)"):
+        convert(x_1, eps, t[:3], LinearSchedule(), src="eps", dst="x_1")
+
+
+# --- schedule transfer -----------------------------------------------------------------------
+
+TRANSFER_PAIRS = [
+    ("linear", "cosine"),
+    ("linear", "vp"),
+    ("cosine", "linear"),
+    ("polynomial", "cosine"),
+    ("vp", "linear"),  # linear's SNR at r >= 0.05 is above VP's minimum SNR (alpha_0 / sigma_0 ~ 6.6e-3)
+    ("linear", "linear"),
+]
+
+
+def _xr(n=256, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return 1.5 * torch.randn(n, 2, generator=g, dtype=F64), 0.05 + 0.9 * torch.rand(n, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("trained, target", TRANSFER_PAIRS)
+def test_schedule_transfer_of_exact_atoms_field(trained, target):
+    a, b = SCHEDULES[trained], SCHEDULES[target]
+    field = functools.partial(atoms_velocity, atoms=ATOMS, weights=WEIGHTS, schedule=a)
+    x, r = _xr()
+    got = ScheduleTransfer(field, a, b)(x, r)
+    want = atoms_velocity(x, r, ATOMS, WEIGHTS, b)
+    # The identity is exact; what remains is float64 round-off (bisection resolves t_r to ~2^-56).
+    assert (got - want).abs().max().item() < 1e-9
+
+
+def test_schedule_transfer_of_gaussian_field():
+    a, b = LinearSchedule(), CosineSchedule()
+    field = functools.partial(gaussian_velocity, mu=1.7, sigma=0.4, schedule=a)
+    x, r = _xr()
+    got = ScheduleTransfer(field, a, b)(x, r)
+    assert (got - gaussian_velocity(x, r, 1.7, 0.4, b)).abs().max().item() < 1e-9
+
+
+def test_matched_time_matches_snr_and_end_points():
+    transfer = ScheduleTransfer(lambda x, t: x, LinearSchedule(), CosineSchedule())
+    r = torch.tensor([0.0, 0.3, 0.8, 1.0], dtype=F64)
+    t_r = transfer.matched_time(r)
+    # Linear SNR t / (1 - t) = tan(pi r / 2)  =>  t_r = sin / (sin + cos).
+    s, c = torch.sin(torch.pi * r / 2), torch.cos(torch.pi * r / 2)
+    torch.testing.assert_close(t_r, s / (s + c), rtol=0, atol=1e-15)
+    t32 = transfer.matched_time(r.float())
+    assert t32.dtype == torch.float32
+    torch.testing.assert_close(t32, (s / (s + c)).float(), rtol=0, atol=1e-6)
