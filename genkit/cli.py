@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 
 from genkit.errors import GenkitError
 
+if typing.TYPE_CHECKING:
+    import torch
+
 T = TypeVar("T")
 
 
@@ -150,3 +153,18 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
         message = " ".join(str(e).split())  # one line, whatever the message held
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (this rank's CUDA device if any, else the CPU), ``cpu``, ``cuda``, ``cuda:N``."""
+    import torch
+
+    if name == "auto":
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GenkitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenkitError(f"device '{name}' requested but CUDA is not available: use --device cpu")
+    return device

@@ -17,7 +17,10 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 
-__all__ = ["FIXED_STEP_METHODS", "METHODS", "Field", "Method", "Trajectory", "integrate", "time_grid"]
+__all__ = [
+    "DIVERGENCES", "FIXED_STEP_METHODS", "METHODS", "PROBES", "Divergence", "Field", "LogLikelihood", "Method",
+    "Probe", "Trajectory", "integrate", "log_likelihood", "time_grid",
+]
 
 Method = Literal["euler", "midpoint", "rk4", "dopri5"]
 METHODS: tuple[str, ...] = get_args(Method)

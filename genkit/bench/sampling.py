@@ -51,13 +51,13 @@ class BenchConfig:
 
 
 def unet_field(
-    preset: Preset, *, unet_channels: tuple[int, ...] = (), unet_layers: int = 0, image_size: int = 0
+    preset: Preset, *, seed: int, unet_channels: tuple[int, ...] = (), unet_layers: int = 0, image_size: int = 0
 ) -> tuple[nn.Module, tuple[int, ...]]:
     """A random-weights UNet velocity field of ``preset`` (with the reflow recipe's overrides) and its image shape.
 
     The shape is ``(C, S, S)``: the preset's channels, and ``image_size`` or the preset's size.
-    The network is built by :func:`genkit.recipes.reflow.build_field`, on the CPU, from the
-    global RNG (seed it first for reproducible weights).
+    The network is built on the CPU by :func:`genkit.recipes.reflow.build_field`, its weights
+    drawn from ``seed`` (the caller's global RNG state is left as it was).
     """
     from genkit.data.toy import _check_count
     from genkit.nn.unet import UNET_PRESETS
@@ -67,7 +67,10 @@ def unet_field(
     _check_count("image_size", image_size, 0)
     unet = UNET_PRESETS[preset]
     shape = (unet["in_channels"], image_size or unet["sample_size"], image_size or unet["sample_size"])
-    net = build_field(ModelConfig(unet=preset, unet_channels=tuple(unet_channels), unet_layers=unet_layers), shape)
+    model = ModelConfig(unet=preset, unet_channels=tuple(unet_channels), unet_layers=unet_layers)
+    with torch.random.fork_rng(devices=[]):  # build_field initialises from the global CPU RNG
+        torch.manual_seed(seed)
+        net = build_field(model, shape)
     return net, shape
 
 
@@ -109,17 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
     from genkit.data.toy import _check_count
+    from genkit.errors import GenkitError
     from genkit.recipes.reflow import resolve_device
     from genkit.recipes.reflow_eval import autocast_field
 
     cfg = tyro.cli(BenchConfig, args=argv, prog="python -m genkit.bench.sampling")
     _check_count("batch_size", cfg.batch_size, 1)
     _check_count("batches", cfg.batches, 1)
+    if not cfg.nfe:
+        raise GenkitError("--nfe needs at least one number of steps, e.g. --nfe 1 10 100")
     for k in cfg.nfe:
         _check_count("each --nfe", k, 1)
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # the random weights
-    net, shape = unet_field(cfg.preset, unet_channels=cfg.unet_channels, unet_layers=cfg.unet_layers,
+    net, shape = unet_field(cfg.preset, seed=cfg.seed, unet_channels=cfg.unet_channels, unet_layers=cfg.unet_layers,
                             image_size=cfg.image_size)
     net = net.to(device).eval()
     params_m = round(sum(p.numel() for p in net.parameters()) / 1e6, 3)

@@ -265,12 +265,13 @@ def iter_samples(
     device = torch.device(getattr(sampler, "device", "cpu"))
     for lo in range(start, start + n, batch_size):
         b = min(batch_size, start + n - lo)
-        with torch.no_grad():
+        with torch.no_grad():  # closed before the yield: the caller's grad mode is left alone
             if with_noise:
-                yield sampler.solve(per_sample_noise(b, tuple(sampler.shape), seed=seed, start=lo, device=device)).x
+                x = sampler.solve(per_sample_noise(b, tuple(sampler.shape), seed=seed, start=lo, device=device)).x
             else:
                 gens = [torch.Generator(device=device).manual_seed(derive_seed(seed, "fid", i)) for i in range(lo, lo + b)]
-                yield torch.cat([sampler.sample(1, generator=g) for g in gens])
+                x = torch.cat([sampler.sample(1, generator=g) for g in gens])
+        yield x
 
 
 def sample_images(sampler: Sampler | NoiseSampler, n: int, *, seed: int, batch_size: int, start: int = 0) -> Tensor:

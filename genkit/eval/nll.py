@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -30,7 +32,7 @@ from torch import Tensor
 from genkit.errors import GenkitError
 from genkit.eval.density import Density, log_mean_exp
 
-__all__ = ["LOG_SCALE_PER_DIM", "NUM_LEVELS", "ImageNLL", "bits_per_dim", "dequantize", "image_nll"]
+__all__ = ["LOG_SCALE_PER_DIM", "NUM_LEVELS", "ImageNLL", "NLLConfig", "bits_per_dim", "dequantize", "image_nll", "main"]
 
 NUM_LEVELS = 256
 """Levels per 8-bit channel."""
@@ -38,7 +40,9 @@ LOG_SCALE_PER_DIM = math.log(2 / NUM_LEVELS)
 """``log(2/256)``: log-Jacobian per dimension from the integer scale (cells of width 1) to ``[-1, 1]``."""
 
 
-def dequantize(x_uint8: Tensor, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def dequantize(
+    x_uint8: Tensor, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Uniform dequantization: ``x = (x_int + u) / 256 * 2 - 1``, ``u ~ U[0, 1)`` per element.
 
     Args:
@@ -104,6 +108,7 @@ def image_nll(
     k: int = 1,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> ImageNLL:
     """Dequantized bits/dim of 8-bit images: ``-log((1/k) sum_j p(dequantize(x)_j)) / (D ln 2) + 7``.
 
@@ -119,6 +124,7 @@ def image_nll(
         k: dequantization draws per image (``>= 1``).
         batch_size: images per call to ``density.log_prob``; ``None``: all at once.
         generator: draws the dequantization noise (and the density's own randomness).
+        progress: show a progress bar over batches.
 
     Returns:
         :class:`ImageNLL`.
@@ -133,16 +139,115 @@ def image_nll(
     size = n if batch_size is None else batch_size
     log_probs = []
     with torch.no_grad():
-        for start in range(0, n, size):
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, n, size), desc="nll", unit="batch", disable=not progress):
             batch = x_uint8[start : start + size]
             draws = []
             for _ in range(k):
                 lp = density.log_prob(dequantize(batch, generator=generator), generator=generator)
                 if tuple(lp.shape) != (batch.shape[0],):
-                    raise GenkitError(f"density.log_prob returned shape {tuple(lp.shape)}, expected ({batch.shape[0]},)")
+                    got = tuple(lp.shape)
+                    raise GenkitError(f"density.log_prob returned shape {got}, expected ({batch.shape[0]},)")
                 draws.append(lp.detach().to("cpu", torch.float64))
             log_probs.append(log_mean_exp(torch.stack(draws), 0))
     log_prob = torch.cat(log_probs)
     bpd = bits_per_dim(log_prob, num_dims)
     stderr = float(bpd.std() / math.sqrt(n)) if n > 1 else math.nan
     return ImageNLL(bits_per_dim=bpd, log_prob=log_prob, mean=float(bpd.mean()), stderr=stderr, k=k, num_dims=num_dims)
+
+
+# ---- command line: python -m genkit.eval.nll --run DIR ------------------------------------------
+@dataclass(frozen=True)
+class NLLConfig:
+    """Negative log-likelihood of a run's model on held-out data; merged into the run's eval.json.
+
+    Images: bits/dim of the split under uniform dequantization with ``k`` draws (an upper bound
+    on the discrete data's bits/dim; see this module's docstring). 2-D data: nats per point on
+    held-out samples (no dequantization).
+    """
+
+    run: Path
+    """run folder (a recipe's --out)"""
+    split: Literal["train", "test"] = "test"
+    n: int = 0
+    """number of images (0: the whole split); 2-D data: held-out points (0: 2000)"""
+    k: int = 1
+    """dequantization draws per image (importance weighted)"""
+    divergence: Literal["exact", "hutchinson"] = "hutchinson"
+    """exact costs one backward per dimension: for 2-D data; hutchinson for images"""
+    probe: Literal["rademacher", "gaussian"] = "rademacher"
+    num_probes: int = 1
+    method: Literal["euler", "midpoint", "rk4", "dopri5"] = "dopri5"
+    steps: int = 100
+    """solver steps for fixed-step methods"""
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    batch_size: int = 500
+    weights: Literal["ema", "raw"] = "ema"
+    seed: int = 0
+    device: str = "auto"
+
+
+def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
+    """Run the evaluation described by ``cfg``; returns the flat ``nll_*`` entries for eval.json."""
+    import time
+
+    from genkit.cli import resolve_device
+    from genkit.eval.runs import load_eval_run
+    from genkit.seeding import derive_seed
+
+    device = resolve_device(cfg.device)
+    run = load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema")
+    if not hasattr(run, "density"):
+        raise GenkitError(f"the model of {cfg.run} has no density to evaluate (it is a sampler only)")
+    density = run.density(divergence=cfg.divergence, probe=cfg.probe, num_probes=cfg.num_probes,
+                          method=cfg.method, steps=cfg.steps, atol=cfg.atol, rtol=cfg.rtol)
+    generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "nll"))
+    start = time.perf_counter()
+    out: dict[str, float | int | str] = {}
+    if len(run.shape) == 1:
+        from genkit.data.toy import sample_toy
+
+        n = cfg.n or 2000
+        x = sample_toy(run.data.dataset, n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "nll-data")))
+        with torch.no_grad():
+            lp = torch.cat([density.log_prob(b.to(device), generator=generator).double().cpu()
+                            for b in x.split(cfg.batch_size)])
+        out |= {"nll_nats": float(-lp.mean()), "nll_nats_stderr": float(lp.std() / math.sqrt(n))}
+    else:
+        from genkit.data.images import load_images
+
+        images = load_images(run.data.dataset, root=run.data.root, split=cfg.split, download=run.data.download)
+        images = images[: cfg.n] if cfg.n else images
+        res = image_nll(density, images.to(device), k=cfg.k, batch_size=cfg.batch_size, generator=generator, progress=True)
+        n = res.bits_per_dim.numel()
+        out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr, "nll_k": cfg.k,
+                "nll_dequantization": "uniform, offset D log(2/256) (data scaled from 256 levels to [-1, 1])"}
+    out |= {"nll_split": cfg.split if len(run.shape) > 1 else "fresh samples", "nll_n": n,
+            "nll_divergence": cfg.divergence if cfg.divergence == "exact" else f"hutchinson-{cfg.probe}x{cfg.num_probes}",
+            "nll_solver": cfg.method, "nll_atol": cfg.atol, "nll_rtol": cfg.rtol, "nll_weights": cfg.weights,
+            "nll_seed": cfg.seed, "nll_seconds": round(time.perf_counter() - start, 2)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    import tyro
+
+    from genkit.train.logging import update_eval
+
+    cfg = tyro.cli(NLLConfig, args=argv, prog="python -m genkit.eval.nll")
+    values = evaluate_nll(cfg)
+    update_eval(cfg.run, values)
+    print(json.dumps(values))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from genkit.cli import run_main
+
+    sys.exit(run_main(main))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from genkit.errors import GenkitError
@@ -11,7 +13,9 @@ __all__ = ["ClassifierCNN"]
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
     """Two 3x3 convolutions with GroupNorm + ReLU, then 2x2 max pooling (halves H and W)."""
-    groups = 8 if c_out % 8 == 0 else 1
+    # up to 8 groups of >= 4 channels: one channel per group (instance norm) would erase
+    # each image's per-channel mean, e.g. its overall brightness
+    groups = math.gcd(8, max(1, c_out // 4))
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.ReLU(),
         nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.ReLU(),

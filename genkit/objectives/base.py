@@ -29,6 +29,10 @@ class Objective(Protocol):
     ``need`` names the optimizers the Trainer will step on this call; an objective
     may skip computing the other losses (a generator loss on a critic-only step).
     ``generator`` is the source of all randomness the objective draws.
+
+    An objective that carries state between calls (e.g. frozen particle targets reused
+    for several generator steps) also defines ``state_dict() -> dict`` of tensors and plain
+    values and ``load_state_dict(state)``; the Trainer saves it in every checkpoint.
     """
 
     def __call__(

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from genkit.cli import apply_overrides, parse_config, print_config, run_main, to_jsonable
+from genkit.cli import apply_overrides, parse_config, print_config, resolve_device, run_main, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import TOY_DATASETS, ToyStream
 from genkit.errors import GenkitError
@@ -151,18 +151,6 @@ class ReflowConfig:
 
 
 # ---- building blocks ------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{distributed.env_local_rank()}" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GenkitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenkitError(f"device '{name}' requested but CUDA is not available: use --device cpu")
-    return device
-
-
 def check_config(cfg: ReflowConfig) -> None:
     known = sorted(TOY_DATASETS) + list(IMAGE_SETS)
     if cfg.data.dataset not in known:
@@ -216,10 +204,21 @@ class LoadedRun:
     shape: tuple[int, ...]
     step: int
 
+    @property
+    def data(self) -> DataConfig:
+        return self.config.data
+
     def sampler(self, *, method: str | None = None, steps: int | None = None, device: torch.device | None = None):
+        """An :class:`~genkit.sampling.ODESampler` (the run's solver settings unless given)."""
         s = self.config.sample
         return make_sampler(self.field, self.shape, method or s.method, steps or s.steps,
                             device or next(self.field.parameters()).device)
+
+    def density(self, **options):
+        """A :class:`~genkit.eval.density.FlowDensity` (options as in ``genkit.solvers.log_likelihood``)."""
+        from genkit.eval.density import FlowDensity
+
+        return FlowDensity(self.field, self.shape, **options)
 
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> LoadedRun:

@@ -287,6 +287,7 @@ class Trainer:
             "lr_schedules": {n: s.state_dict() for n, s in self.lr_schedules.items()},
             "ema_updates": dict(self._ema_updates),
             "data": self.data.state_dict(),
+            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else {},
             "rng": self._gather(rng),
             "world_size": self.dist.world_size,
         }
@@ -327,6 +328,8 @@ class Trainer:
             self.lr_schedules[n].load_state_dict(state["lr_schedules"][n])
         self._ema_updates = dict(state["ema_updates"])
         self.data.load_state_dict(state["data"])
+        if hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state.get("objective", {}))
         rngs = state["rng"]
         rng = rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0]
         torch.set_rng_state(rng["torch"])

@@ -23,7 +23,7 @@ from genkit.seeding import derive_seed
 
 def sqrtm_reference(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """pytorch-fid's calculate_frechet_distance (sqrtm of the product, eps offset if singular)."""
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
@@ -208,6 +208,9 @@ def test_mlp_field_samples_agree_across_batch_sizes_up_to_matmul_rounding():
     sampler = ODESampler(ImageField(), (1, 4, 4), method="euler", steps=4)
     a, b = (torch.cat(list(iter_samples(sampler, 40, seed=3, batch_size=bs))) for bs in (7, 32))
     assert torch.allclose(a, b, rtol=0, atol=1e-5)  # the noise is identical; only float32 rounding differs
+    batches = iter_samples(sampler, 4, seed=0, batch_size=2)
+    x = next(batches)
+    assert not x.requires_grad and torch.is_grad_enabled()  # no graph, and the caller's grad mode is kept
 
 
 class PlainSampler:

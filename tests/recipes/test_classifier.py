@@ -1,0 +1,135 @@
+"""The classifier recipe: labelled batches, a tiny run that learns, its features for FID-C."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from genkit.cli import run_main
+from genkit.errors import GenkitError
+from genkit.eval.features import ClassifierFeatures
+from genkit.eval.fid import FeatureStats, frechet_distance, image_stats
+from genkit.recipes import classifier
+
+N_TRAIN, N_TEST = 256, 200
+
+
+def _write_idx(raw, prefix, images, labels):
+    """IDX files as torchvision reads them: big-endian int32 header, magic 2051 / 2049."""
+    n, h, w = images.shape
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4i", 2051, n, h, w) + images.numpy().tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2i", 2049, n) + labels.numpy().tobytes())
+
+
+def brightness_task(n, generator):
+    """Two balanced classes of 28x28 noise: pixels uniform on {0..159} (class 0) or {96..255} (class 1).
+
+    Single pixels overlap heavily, but an image's mean (79.5 vs 175.5, sd 46 / 28 = 1.7) separates
+    the classes perfectly: a classifier that learned anything gets close to 100%.
+    """
+    labels = torch.arange(n, dtype=torch.uint8) % 2
+    low = torch.randint(0, 160, (n, 28, 28), generator=generator)
+    return (low + 96 * labels.view(-1, 1, 1).long()).to(torch.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    _write_idx(raw, "train", *brightness_task(N_TRAIN, g))
+    _write_idx(raw, "t10k", *brightness_task(N_TEST, g))
+    return root
+
+
+FAST = ["--train.steps", "30", "--train.batch-size", "32", "--train.log-every", "10", "--train.checkpoint-every", "15",
+        "--train.ema-decay", "0.9", "--train.no-tensorboard", "--train.no-progress", "--device", "cpu",
+        "--model.channels", "8", "16", "--model.feature-dim", "16", "--data.no-download"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "classifier"
+    code = run_main(classifier.main, ["--preset", "mnist", "--data.root", str(data_root), "--out", str(out), *FAST])
+    assert code == 0
+    return out
+
+
+def test_labelled_stream_labels_follow_their_images_and_resume():
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    labels = torch.arange(40) * 10
+    stream = classifier.LabelledStream(images, labels, 8, seed=1)
+    seen = []
+    for _ in range(12):  # 5 batches per epoch: crosses two epoch boundaries
+        x, y = next(stream)
+        index = torch.round((x[:, 0, 0, 0] + 1) * 127.5).long()
+        assert torch.equal(y, index * 10)
+        seen.append(y)
+    assert sorted(torch.cat(seen[:5]).tolist()) == sorted(labels.tolist())  # one epoch = every image once
+    state = stream.state_dict()
+    resumed = classifier.LabelledStream(images, labels, 8, seed=1)
+    resumed.load_state_dict(state)
+    for _ in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(next(stream), next(resumed)))
+    with pytest.raises(GenkitError, match="one label per image"):
+        classifier.LabelledStream(images, labels[:5], 8, seed=1)
+
+
+def test_dry_run_and_presets(capsys):
+    for preset, dataset in (("mnist", "mnist"), ("fashion-mnist", "fashion-mnist"), ("cifar10", "cifar10")):
+        assert run_main(classifier.main, ["--preset", preset, "--dry-run"]) == 0
+        cfg = json.loads(capsys.readouterr().out)
+        assert cfg["data"]["dataset"] == dataset and cfg["train"]["batch_size"] == 256 and cfg["optim"]["lr"] == 1e-3
+    assert run_main(classifier.main, ["--data.dataset", "svhn"]) == 2
+    assert "unknown dataset 'svhn'" in capsys.readouterr().err
+
+
+def test_tiny_run_learns_and_writes_the_run_folder(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "eval.json"}
+    assert json.loads((trained_run / "config.json").read_text())["recipe"] == "classifier"
+    result = json.loads((trained_run / "eval.json").read_text())
+    assert result["step"] == 30 and result["n_test"] == N_TEST and result["weights"] == "ema"
+    # Chance on the balanced held-out split is 0.5 (sd sqrt(.25 / 200) = 0.035); 0.9 is 11 sd above it,
+    # while the task is separable (see brightness_task).
+    assert result["test_accuracy"] >= 0.9, result
+    logged = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [10, 20, 30] and "train_accuracy" in logged[-1]
+    assert logged[-1]["loss/model"] < logged[0]["loss/model"]
+
+
+def test_classifier_features_and_fid_c(trained_run, data_root):
+    from genkit.data.images import load_images
+
+    features = ClassifierFeatures(trained_run)
+    assert features.name == "classifier:mnist" and features.dim == 16 and features.step == 30
+    train = load_images("mnist", root=data_root, split="train", download=False)
+    f = features(train[:5])
+    assert f.shape == (5, 16) and f.dtype == torch.float32
+    # a checkpoint folder works as well and gives the same features
+    step_dir = trained_run / "checkpoints" / "step_00000030"
+    assert torch.equal(ClassifierFeatures(step_dir)(train[:5]), f)
+    a, b = image_stats(train, features, batch_size=64), image_stats(train, features, batch_size=100)
+    fid_self = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+    assert fid_self < 1e-8 * np.trace(a.cov())
+    # the features separate the classes: FID-C between the classes dwarfs the one between the splits
+    test = load_images("mnist", root=data_root, split="test", download=False)
+    t = image_stats(test, features, batch_size=100)
+    halves = [FeatureStats(), FeatureStats()]
+    for k in (0, 1):
+        halves[k].update(features(train[k::2]))  # brightness_task alternates the labels
+    between_splits = frechet_distance(a.mean(), a.cov(), t.mean(), t.cov())
+    between_classes = frechet_distance(halves[0].mean(), halves[0].cov(), halves[1].mean(), halves[1].cov())
+    assert between_classes > 100 * between_splits
+
+
+def test_classifier_features_errors(trained_run, tmp_path):
+    features = ClassifierFeatures(trained_run)
+    with pytest.raises(GenkitError, match="trained on 1x28x28 images, got 3x32x32"):
+        features(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(GenkitError, match="uint8"):
+        features(torch.zeros(2, 1, 28, 28))
+    with pytest.raises(GenkitError, match="no classifier checkpoint"):
+        ClassifierFeatures(tmp_path)
