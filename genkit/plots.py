@@ -20,7 +20,7 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 
-__all__ = ["save_image_grid", "save_scatter", "save_trajectories"]
+__all__ = ["save_curves", "save_image_grid", "save_scatter", "save_trajectories"]
 
 PathLike = str | os.PathLike
 
@@ -74,6 +74,27 @@ def save_trajectories(xs: Tensor, path: PathLike, *, title: str = "", max_paths:
         ax.scatter(p[-1, :, 0], p[-1, :, 1], s=3, c="C3", label="t = 1", zorder=3)
         ax.legend(loc="upper right", markerscale=3)
         ax.set_aspect("equal", adjustable="datalim")
+
+    _save_figure(draw, path, title)
+
+
+def save_curves(
+    curves: dict[str, tuple[list[float], list[float]]], path: PathLike, *, xlabel: str, ylabel: str,
+    title: str = "", logx: bool = False,
+) -> None:
+    """Line plot of named curves ``{label: (xs, ys)}`` with markers (e.g. FID against NFE)."""
+    if not curves or any(len(xs) != len(ys) or not xs for xs, ys in curves.values()):
+        raise GenkitError("save_curves needs at least one curve with as many xs as ys")
+
+    def draw(ax) -> None:
+        for label, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
 
     _save_figure(draw, path, title)
 

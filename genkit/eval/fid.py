@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -316,3 +317,128 @@ def image_stats(images: Tensor, extractor: FeatureExtractor, *, batch_size: int)
     for lo in range(0, len(images), batch_size):
         stats.update(extractor(images[lo : lo + batch_size]))
     return stats
+
+
+# ---- command line: python -m genkit.eval.fid --run DIR -------------------------------------------
+@dataclass(frozen=True)
+class FIDConfig:
+    """FID of a run's samples against a data split; merged into the run's eval.json.
+
+    Every result records how it was made: extractor, reference split, N, solver, NFE, EMA or raw
+    weights, seed. ``--features classifier`` (FID-C) uses a genkit classifier's penultimate
+    features: an offline proxy that is NOT comparable to published Inception FID.
+    """
+
+    run: Path
+    """run folder (a recipe's --out)"""
+    n: int = 10_000
+    """samples (and at most this many reference images)"""
+    ref: Literal["train", "test"] = "test"
+    """reference split of the run's data set"""
+    features: Literal["inception", "classifier"] = "inception"
+    classifier: Path | None = None
+    """classifier run folder (python -m genkit.recipes.classifier) for --features classifier"""
+    inception_weights: Path | None = None
+    """the FID Inception weights file (default: the torch hub cache)"""
+    solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
+    nfe: tuple[int, ...] = (100,)
+    """solver steps to evaluate (several: also writes fid_vs_nfe.png); ignored by one-shot samplers"""
+    floor: bool = False
+    """also report FID of the train split against the reference split (the data floor)"""
+    batch_size: int = 500
+    weights: Literal["ema", "raw"] = "ema"
+    seed: int = 0
+    device: str = "auto"
+    stats_dir: Path | None = None
+    """where reference statistics are cached as .npz (default: <data root>/fid_stats)"""
+
+
+def _extractor(cfg: FIDConfig, device: torch.device):
+    from genkit.eval.features import ClassifierFeatures, InceptionFeatures
+
+    if cfg.features == "inception":
+        return InceptionFeatures(cfg.inception_weights, device=device)
+    if cfg.classifier is None:
+        raise GenkitError("--features classifier needs --classifier RUN_DIR (train one: python -m genkit.recipes.classifier --preset mnist --out runs/classifier-mnist)")
+    return ClassifierFeatures(cfg.classifier, device=device)
+
+
+def reference_stats(data, split: str, extractor, *, n: int, batch_size: int, stats_dir: Path | None, device) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mu, sigma, N) of the first ``n`` images of ``split``, cached as pytorch-fid-style .npz."""
+    from genkit.data.images import load_images
+
+    folder = Path(stats_dir) if stats_dir is not None else Path(data.root) / "fid_stats"
+    tag = extractor.name.replace(":", "-").replace("/", "-")
+    images = load_images(data.dataset, root=data.root, split=split, download=data.download)
+    count = min(n, len(images))
+    path = folder / f"{data.dataset}-{split}-{count}-{tag}.npz"
+    if path.is_file():
+        mu, sigma = load_stats(path)
+        return mu, sigma, count
+    stats = image_stats(images[:count].to(device), extractor, batch_size=batch_size)
+    mu, sigma = stats.mean(), stats.cov()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_stats(path, mu, sigma)
+    return mu, sigma, count
+
+
+def evaluate_fid(cfg: FIDConfig) -> dict[str, float | int | str]:
+    """Run the evaluation described by ``cfg``; returns the flat ``fid_*`` entries for eval.json."""
+    import time
+
+    from genkit.cli import resolve_device
+    from genkit.eval.runs import load_eval_run
+
+    device = resolve_device(cfg.device)
+    run = load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema")
+    if len(run.shape) != 3:
+        raise GenkitError(f"FID needs an image model; {cfg.run} makes samples of shape {list(run.shape)} (2-D runs report energy distance in eval.json)")
+    extractor = _extractor(cfg, device)
+    mu_ref, sigma_ref, n_ref = reference_stats(run.data, cfg.ref, extractor, n=cfg.n, batch_size=cfg.batch_size,
+                                               stats_dir=cfg.stats_dir, device=device)
+    key = f"fid_{cfg.features}"
+    out: dict[str, float | int | str] = {}
+    is_flow = getattr(run, "is_flow", True)
+    for nfe in cfg.nfe if is_flow else (1,):
+        start = time.perf_counter()
+        sampler = run.sampler(method=cfg.solver, steps=nfe, device=device) if is_flow else run.sampler(device=device)
+        stats = sampler_stats(sampler, cfg.n, extractor, seed=cfg.seed, batch_size=cfg.batch_size)
+        out[f"{key}_nfe{nfe}" if is_flow else key] = frechet_distance(stats.mean(), stats.cov(), mu_ref, sigma_ref)
+        out[f"{key}_seconds_nfe{nfe}" if is_flow else f"{key}_seconds"] = round(time.perf_counter() - start, 2)
+    if cfg.floor:
+        mu_tr, sigma_tr, _ = reference_stats(run.data, "train", extractor, n=cfg.n, batch_size=cfg.batch_size,
+                                             stats_dir=cfg.stats_dir, device=device)
+        out[f"{key}_floor_train_vs_{cfg.ref}"] = frechet_distance(mu_tr, sigma_tr, mu_ref, sigma_ref)
+    out |= {f"{key}_extractor": extractor.name, f"{key}_ref": f"{run.data.dataset}:{cfg.ref}", f"{key}_n": cfg.n,
+            f"{key}_n_ref": n_ref, f"{key}_solver": cfg.solver if is_flow else "generator", f"{key}_weights": cfg.weights,
+            f"{key}_seed": cfg.seed}
+    if is_flow and len(cfg.nfe) > 1:
+        from genkit.plots import save_curves
+
+        nfes = sorted(cfg.nfe)
+        save_curves({f"{cfg.solver}, {cfg.weights} weights": (nfes, [out[f"{key}_nfe{k}"] for k in nfes])},
+                    Path(cfg.run) / f"fid_{cfg.features}_vs_nfe.png", xlabel="NFE", ylabel=f"FID ({extractor.name}, N={cfg.n})",
+                    title=f"{run.data.dataset}: FID against NFE", logx=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    import tyro
+
+    from genkit.train.logging import update_eval
+
+    cfg = tyro.cli(FIDConfig, args=argv, prog="python -m genkit.eval.fid")
+    values = evaluate_fid(cfg)
+    update_eval(cfg.run, values)
+    print(json.dumps(values))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from genkit.cli import run_main
+
+    sys.exit(run_main(main))

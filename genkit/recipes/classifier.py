@@ -43,7 +43,8 @@ DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder")
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "mnist"
-    """mnist, fashion-mnist, cifar10, imagefolder (test accuracy on the test split / root/test)"""
+    """mnist, fashion-mnist, cifar10, imagefolder (test accuracy on the test split; for imagefolder
+    root/test, or the training images themselves if root has no test folder)"""
     root: Path = Path("data")
     """image data root (torchvision layout), or the ImageFolder directory"""
     download: bool = True

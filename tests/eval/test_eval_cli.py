@@ -38,3 +38,69 @@ def test_nll_cli_bad_run_is_one_line(tmp_path, capsys):
     code = run_main(nll.main, ["--run", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "not a run folder" in err
+
+
+@pytest.fixture(scope="module")
+def image_runs(tmp_path_factory):
+    """A tiny image flow and a tiny classifier on the same 8x8 ImageFolder (2 classes)."""
+    import numpy as np
+    from PIL import Image
+
+    from genkit.recipes import classifier
+
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls, level in (("dark", 40), ("light", 200)):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(16):
+                Image.fromarray(rng.integers(level - 30, level + 30, (8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    flow, clf = root / "flow", root / "clf"
+    common = ["--data.dataset", "imagefolder", "--data.root", str(root), "--device", "cpu", "--train.no-tensorboard",
+              "--train.no-progress", "--train.batch-size", "8"]
+    assert run_main(reflow.main, [*common, "--out", str(flow), "--model.unet-channels", "16", "32", "--model.unet-layers", "1",
+                                  "--train.steps", "2", "--train.sample-every", "0", "--sample.steps", "2", "--sample.nfe", "1",
+                                  "--sample.n-straightness", "4"]) == 0
+    assert run_main(classifier.main, [*common, "--out", str(clf), "--train.steps", "10", "--model.channels", "8", "16",
+                                      "--model.feature-dim", "16"]) == 0
+    return root, flow, clf
+
+
+def test_fid_cli_classifier_features(image_runs, capsys):
+    from genkit.eval import fid
+
+    root, flow, clf = image_runs
+    argv = ["--run", str(flow), "--features", "classifier", "--classifier", str(clf), "--n", "24", "--nfe", "1", "2",
+            "--floor", "--device", "cpu", "--stats-dir", str(root / "stats")]
+    assert run_main(fid.main, [*argv, "--batch-size", "5"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("fid_classifier_nfe1", "fid_classifier_nfe2", "fid_classifier_floor_train_vs_test"):
+        assert printed[key] >= 0
+    assert printed["fid_classifier_extractor"] == "classifier:imagefolder" and printed["fid_classifier_n"] == 24
+    assert printed["fid_classifier_ref"] == "imagefolder:test" and printed["fid_classifier_weights"] == "ema"
+    assert (flow / "fid_classifier_vs_nfe.png").stat().st_size > 0
+    assert json.loads((flow / "eval.json").read_text())["fid_classifier_nfe2"] == printed["fid_classifier_nfe2"]
+    assert list((root / "stats").glob("imagefolder-test-*.npz"))  # cached reference statistics
+    # one seed per sample: another batch size gives the same FID
+    assert run_main(fid.main, [*argv, "--batch-size", "24"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["fid_classifier_nfe1"] == pytest.approx(printed["fid_classifier_nfe1"], rel=1e-6)
+
+
+def test_fid_cli_missing_inception_weights_is_one_line(image_runs, tmp_path, capsys, monkeypatch):
+    from genkit.eval import fid
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache: offline, no weights
+    _, flow, _ = image_runs
+    code = run_main(fid.main, ["--run", str(flow), "--n", "4", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "weights-inception" in err
+
+
+def test_nll_cli_on_images_reports_bits_per_dim(image_runs, capsys):
+    _, flow, _ = image_runs
+    code = run_main(nll.main, ["--run", str(flow), "--n", "6", "--method", "euler", "--steps", "2", "--batch-size", "3",
+                               "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and printed["nll_n"] == 6 and printed["nll_k"] == 1 and printed["nll_split"] == "test"
+    assert printed["nll_divergence"] == "hutchinson-rademacherx1" and 0 < printed["nll_bpd"] < 100
