@@ -53,12 +53,13 @@ def test_gaussian_particles_follow_the_closed_form_ode():
     form) with the analytic log-ratio of the particles' current Gaussian law (m_t, s_t fitted to
     them), so the test checks the dynamics independently of any learned D. The velocity is affine
     in x, hence the particles stay Gaussian and their moments follow the Euler scheme of the ODE
-    exactly; the only error is Euler's O(eps): 2e-4 at eps = 1e-3 over t in [0, 1.5] (measured),
-    tolerance 2e-3. The closed form's mean and std move by 2.0 and 0.8 over the run.
+    exactly; the only error is Euler's O(eps), measured over t in [0, 1.5] as 3.6e-4 (mean) and 3e-5
+    (std) at eps = 1e-3, 1.1e-3 and 9e-5 at eps = 3e-3: tolerance 2e-3. Over the run the mean moves by
+    3.0 and the std by 0.79, so a wrong sign or a missing term fails by far.
     """
     mu, sigma, eps, n_steps = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.7, 1e-3, 1500
     g = torch.Generator().manual_seed(0)
-    x = torch.tensor([-1.0, 0.5], dtype=torch.float64) + 1.5 * torch.randn(4000, 2, dtype=torch.float64, generator=g)
+    x = torch.tensor([-1.0, 0.5], dtype=torch.float64) + 1.5 * torch.randn(1000, 2, dtype=torch.float64, generator=g)
     m_0, s_0 = _moments(x)
     for _ in range(n_steps):
         m, s = _moments(x)
@@ -69,7 +70,7 @@ def test_gaussian_particles_follow_the_closed_form_ode():
     m, s = _moments(x)
     torch.testing.assert_close(m, m_t, rtol=0, atol=2e-3)
     assert s == pytest.approx(s_t, abs=2e-3)
-    assert float((m_0 - m).norm()) > 1.5 and s_0 - s > 0.5  # the particles really moved
+    assert float((m_0 - m).norm()) > 2.5 and s_0 - s > 0.6  # the particles really moved
     # fixed point: at q = p the velocity vanishes identically
     still = particle_target(GaussianLogRatio(mu, sigma, mu, sigma), x, h=H_FUNCTIONS["identity"], step_size=0.1)
     torch.testing.assert_close(still, x, rtol=0, atol=1e-12)

@@ -43,7 +43,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _mlp64(in_dim: int, out_dim: int, seed: int, hidden: int = 16) -> nn.Module:
+def _mlp_f64(in_dim: int, out_dim: int, seed: int, hidden: int = 16) -> nn.Module:
     torch.manual_seed(seed)  # tests seed network inits; the library never seeds
     return MLP(in_dim, out_dim, hidden=hidden, depth=2, activation="tanh").double()
 
@@ -130,7 +130,7 @@ def test_particle_loss_gradient_is_2_eps_times_direct(h):
     Both objectives draw the same z (same seed), float64 throughout.
     """
     eps, latent = 0.3, 3
-    gen, disc = _mlp64(latent, 2, seed=0), _mlp64(2, 1, seed=1)
+    gen, disc = _mlp_f64(latent, 2, seed=0), _mlp_f64(2, 1, seed=1)
     x_real = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     models = {"generator": gen, "discriminator": disc}
     outs = {
@@ -150,7 +150,7 @@ def test_particle_loss_gradient_is_2_eps_times_direct(h):
 def test_reflow_generator_gradient_is_the_flow_along_grad_d():
     """SPEC §4e.4: ReFlowGAN's -E D(G(z)) has 1/(2 eps) times the gradient of matching sg[x + eps grad D(x)]."""
     eps, latent, b = 0.2, 3, 32
-    gen, critic = _mlp64(latent, 2, seed=4), _mlp64(2, 1, seed=5)
+    gen, critic = _mlp_f64(latent, 2, seed=4), _mlp_f64(2, 1, seed=5)
     x_real = torch.randn(b, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     out = ReFlowGAN(latent_dim=latent)({"generator": gen, "critic": critic}, x_real,
                                        need=frozenset({"generator"}), generator=torch.Generator().manual_seed(7))
@@ -213,7 +213,8 @@ def test_particle_targets_are_frozen_between_discriminator_steps():
 # ---- ReFlow-GAN critic: identities of SPEC §4e -------------------------------------------------
 def _pairs(seed: int, b: int = 16, d: int = 3):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, d, dtype=torch.float64, generator=g), 2 + torch.randn(b, d, dtype=torch.float64, generator=g)
+    x_0 = torch.randn(b, d, dtype=torch.float64, generator=g)
+    return x_0, 2 + torch.randn(b, d, dtype=torch.float64, generator=g)
 
 
 def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +224,7 @@ def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_fundamental_theorem_identity():
     """SPEC §4e.1: int_0^1 <grad D(x_t), x_1 - x_0> dt = D(x_1) - D(x_0) per pair (40-node Gauss-Legendre)."""
-    critic = _mlp64(3, 1, seed=8, hidden=32)
+    critic = _mlp_f64(3, 1, seed=8, hidden=32)
     x_0, x_1 = _pairs(9)
     integral = torch.zeros(x_0.shape[0], dtype=torch.float64)
     for t, w in zip(*_gauss_legendre(40)):
@@ -240,7 +241,7 @@ def test_critic_loss_is_the_reflow_regression_minus_a_constant():
     L_D is the objective's own per-t expression with ReFlowGAN's default constants (1/2, 0).
     """
     defaults = ReFlowGAN(latent_dim=1)
-    critic = _mlp64(3, 1, seed=10, hidden=32)
+    critic = _mlp_f64(3, 1, seed=10, hidden=32)
     x_fake, x_real = _pairs(11)  # x_0 = fake, x_1 = real
     b = x_real.shape[0]
     lhs = torch.zeros((), dtype=torch.float64)
@@ -262,7 +263,8 @@ def test_gradient_penalty_is_per_sample(center):
     a = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
     critic = Quadratic(a)
     g = torch.Generator().manual_seed(12)
-    x_real, x_fake = torch.randn(64, 2, dtype=torch.float64, generator=g), torch.randn(64, 2, dtype=torch.float64, generator=g)
+    x_real = torch.randn(64, 2, dtype=torch.float64, generator=g)
+    x_fake = torch.randn(64, 2, dtype=torch.float64, generator=g)
     gp = gradient_penalty(critic, x_real, x_fake, center=center, generator=torch.Generator().manual_seed(13))
     t = torch.rand(64, dtype=torch.float64, generator=torch.Generator().manual_seed(13))[:, None]
     x_hat = t * x_real + (1 - t) * x_fake
@@ -278,7 +280,7 @@ def test_critic_objectives_wire_the_penalty(cls, weight, center):
     obj = cls(latent_dim=2)
     assert (obj.gp_weight, obj.gp_center) == (weight, center)
     a = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
-    gen, critic = _mlp64(2, 2, seed=14), Quadratic(a)
+    gen, critic = _mlp_f64(2, 2, seed=14), Quadratic(a)
     x_real = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(15))
     out = obj({"generator": gen, "critic": critic}, (x_real, torch.zeros(32)),
               need=frozenset({"critic"}), generator=torch.Generator().manual_seed(16))
@@ -385,3 +387,28 @@ def test_learns_eight_gaussians(name, one_thread):
     assert start > 1.0
     assert dist < threshold, f"energy distance {dist:.4f} (start {start:.3f})"
     assert int(counts.min()) >= N_EVAL / 32, f"mode counts {counts.tolist()}"
+
+
+def test_particle_round_survives_checkpoint_resume(tmp_path, one_thread):
+    """Stopping mid-round (after a discriminator step, before the frozen-target generator steps) and
+    resuming from the checkpoint ends bit-identical to an uninterrupted run."""
+
+    def trainer(run_dir, steps):
+        torch.manual_seed(0)
+        gen, disc = MLP(2, 2, hidden=16, depth=1), MLP(2, 1, hidden=16, depth=1)
+        models = {"generator": gen, "discriminator": disc}
+        opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3) for n, m in models.items()}
+        config = TrainConfig(steps=steps, batch_size=32, log_every=10**9, sample_every=0, checkpoint_every=0,
+                             tensorboard=False, progress=False)
+        return Trainer(models, opts, MonoFlow(latent_dim=2, form="particle", step_size=0.5),
+                       ToyStream("8gaussians", 32, seed=1), config, run_dir=run_dir, recipe="gan-test",
+                       run_config={}, seed=0, update_every={"discriminator": 3})
+
+    straight = trainer(None, 7)
+    straight.fit()
+    trainer(tmp_path, 4).fit()  # the discriminator stepped at step 3: a round started there
+    resumed = trainer(tmp_path, 7)
+    resumed.fit()
+    assert set(resumed.objective.state_dict()) == {"z", "target"}
+    for a, b in zip(straight.models["generator"].parameters(), resumed.models["generator"].parameters()):
+        assert torch.equal(a, b)
