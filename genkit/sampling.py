@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from genkit.errors import GenkitError
 from genkit.solvers import FIXED_STEP_METHODS, METHODS, Field, Method, Trajectory, integrate, time_grid
 
-__all__ = ["ODESampler", "Sampler"]
+__all__ = ["GeneratorSampler", "ODESampler", "Sampler", "Samples"]
 
 
 @runtime_checkable
@@ -92,5 +93,68 @@ class ODESampler:
             self.field, x_0, grid, method=self.method, atol=self.atol, rtol=self.rtol, save_at=save_at
         )
 
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one noise sample ``x_0`` (the sample shape: a flow maps noise to data of one shape)."""
+        return self.shape
+
     def __repr__(self) -> str:
         return f"ODESampler(shape={self.shape}, method={self.method!r}, steps={self.steps})"
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Samples ``x: (B, ...)`` made from given noise (what a one-shot sampler's ``solve`` returns)."""
+
+    x: Tensor
+
+
+class GeneratorSampler:
+    """A GAN generator as a :class:`genkit.sampling.Sampler`: ``x = G(z)``, ``z ~ N(0, I_latent_dim)``.
+
+    Args:
+        generator_net: ``G(z: (B, latent_dim)) -> (B, ...)``; evaluated in eval mode (BatchNorm uses its
+            running statistics) without a graph, its train/eval mode restored afterwards.
+        latent_dim: size of ``z``.
+        device: where ``z`` is drawn and ``G`` runs; a ``generator`` passed to :meth:`sample` must live there.
+        batch_size: at most this many samples per forward pass (large ``n`` for FID).
+    """
+
+    def __init__(self, generator_net: nn.Module, latent_dim: int, device: str | torch.device = "cpu",
+                 *, batch_size: int = 500) -> None:
+        if latent_dim < 1 or batch_size < 1:
+            raise GenkitError(f"latent_dim and batch_size must be >= 1, got {latent_dim} and {batch_size}")
+        self.net, self.latent_dim, self.batch_size = generator_net, latent_dim, batch_size
+        self.device = torch.device(device)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` samples ``(n, ...)`` from noise drawn with ``generator``."""
+        if n < 1:
+            raise GenkitError(f"n must be >= 1, got {n}")
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.sample_from_noise(z)
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one noise vector ``z``."""
+        return (self.latent_dim,)
+
+    def solve(self, z: Tensor) -> Samples:
+        """Samples from given noise ``z: (B, latent_dim)`` (the noise-driven interface FID uses)."""
+        return Samples(self.sample_from_noise(z))
+
+    def sample_from_noise(self, z: Tensor) -> Tensor:
+        """``G(z)`` for given noise ``z: (B, latent_dim)`` -> ``(B, ...)`` float32, no graph."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise GenkitError(f"z must have shape (B, {self.latent_dim}), got {tuple(z.shape)}")
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                z = z.to(self.device)
+                return torch.cat([self.net(c).float() for c in z.split(self.batch_size)])
+        finally:
+            self.net.train(was_training)
+
+    def __repr__(self) -> str:
+        return f"GeneratorSampler(latent_dim={self.latent_dim}, device={self.device})"

@@ -87,7 +87,7 @@ def measure(cfg: BenchConfig, n: int, folder: Path) -> dict:
     """
     from genkit.bench.sampling import device_name, unet_field
     from genkit.pairs import generate_pairs
-    from genkit.recipes.reflow import resolve_device
+    from genkit.cli import resolve_device
     from genkit.recipes.reflow_eval import autocast_field
 
     device = resolve_device(cfg.device)

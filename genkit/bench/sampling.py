@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from genkit.data.toy import _check_count
     from genkit.errors import GenkitError
-    from genkit.recipes.reflow import resolve_device
+    from genkit.cli import resolve_device
     from genkit.recipes.reflow_eval import autocast_field
 
     cfg = tyro.cli(BenchConfig, args=argv, prog="python -m genkit.bench.sampling")

@@ -218,13 +218,14 @@ class _Solved(Protocol):
 class NoiseSampler(Protocol):
     """A sampler whose samples are a deterministic function of given noise (e.g. ``ODESampler``).
 
-    ``shape`` is one noise vector's shape; ``solve(x_0: (B, *shape))`` returns an object whose
+    ``noise_shape`` is one noise vector's shape; ``solve(x_0: (B, *noise_shape))`` returns an object whose
     ``.x: (B, ...)`` holds the samples (``ODESampler`` returns a ``Trajectory``). Samplers
     that only implement :class:`~genkit.sampling.Sampler` still work with
     :func:`iter_samples`, one ``sample(1)`` call per sample.
     """
 
-    shape: tuple[int, ...]
+    @property
+    def noise_shape(self) -> tuple[int, ...]: ...
 
     def solve(self, x_0: Tensor) -> _Solved: ...
 
@@ -262,13 +263,13 @@ def iter_samples(
         raise GenkitError(f"need n >= 1, batch_size >= 1, start >= 0; got n={n}, batch_size={batch_size}, start={start}")
     with_noise = isinstance(sampler, NoiseSampler)
     if not with_noise and not isinstance(sampler, Sampler):
-        raise GenkitError(f"{type(sampler).__name__} is not a Sampler: it needs sample(n, *, generator) or shape + solve(x_0)")
+        raise GenkitError(f"{type(sampler).__name__} is not a Sampler: it needs sample(n, *, generator) or noise_shape + solve(x_0)")
     device = torch.device(getattr(sampler, "device", "cpu"))
     for lo in range(start, start + n, batch_size):
         b = min(batch_size, start + n - lo)
         with torch.no_grad():  # closed before the yield: the caller's grad mode is left alone
             if with_noise:
-                x = sampler.solve(per_sample_noise(b, tuple(sampler.shape), seed=seed, start=lo, device=device)).x
+                x = sampler.solve(per_sample_noise(b, tuple(sampler.noise_shape), seed=seed, start=lo, device=device)).x
             else:
                 gens = [torch.Generator(device=device).manual_seed(derive_seed(seed, "fid", i)) for i in range(lo, lo + b)]
                 x = torch.cat([sampler.sample(1, generator=g) for g in gens])

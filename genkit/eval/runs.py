@@ -25,13 +25,19 @@ def _reflow(run_dir: Path, **kw: Any) -> Any:
     return load_run(run_dir, **kw)
 
 
-def _gan(run_dir: Path, **kw: Any) -> Any:
-    from genkit.recipes.gan import load_run
+def _monoflow(run_dir: Path, **kw: Any) -> Any:
+    from genkit.recipes.monoflow import load_run
 
     return load_run(run_dir, **kw)
 
 
-RUN_LOADERS: dict[str, Callable[..., Any]] = {"reflow": _reflow, "monoflow": _gan, "reflow_gan": _gan}
+def _reflow_gan(run_dir: Path, **kw: Any) -> Any:
+    from genkit.recipes.reflow_gan import load_run
+
+    return load_run(run_dir, **kw)
+
+
+RUN_LOADERS: dict[str, Callable[..., Any]] = {"reflow": _reflow, "monoflow": _monoflow, "reflow_gan": _reflow_gan}
 """recipe name (``config.json``'s ``recipe``) -> loader."""
 
 

@@ -7,7 +7,6 @@
   no normalisation).
 * :class:`MLPCritic`, :func:`mlp_generator`: 2-D toy players built from :class:`genkit.nn.mlp.MLP`.
 * :func:`check_no_batchnorm`: a critic trained with a gradient penalty must not mix samples.
-* :class:`GeneratorSampler`: ``z ~ N(0, I) -> G(z)``, the GAN's :class:`genkit.sampling.Sampler`.
 
 Every discriminator/critic returns logits of shape ``(B,)``; every image generator maps
 ``z: (B, latent_dim)`` to images ``(B, C, H, W)`` in ``[-1, 1]`` (Tanh output).
@@ -27,7 +26,7 @@ from genkit.errors import GenkitError
 from genkit.nn.mlp import MLP, Activation
 
 __all__ = [
-    "NORMS", "DCGANDiscriminator", "DCGANGenerator", "GeneratorSampler", "MLPCritic", "Norm", "ResNetCritic",
+    "NORMS", "DCGANDiscriminator", "DCGANGenerator", "MLPCritic", "Norm", "ResNetCritic",
     "check_no_batchnorm", "dcgan_init", "mlp_generator",
 ]
 
@@ -203,7 +202,8 @@ def mlp_generator(latent_dim: int, dim: int = 2, *, hidden: int = 256, depth: in
 class MLPCritic(nn.Module):
     """Toy discriminator/critic ``x: (B, dim) -> (B,)``: an :class:`MLP` with one output (no norm layers)."""
 
-    def __init__(self, dim: int = 2, *, hidden: int = 256, depth: int = 3, activation: Activation = "leaky_relu") -> None:
+    def __init__(self, dim: int = 2, *, hidden: int = 256, depth: int = 3,
+                 activation: Activation = "leaky_relu") -> None:
         super().__init__()
         self.net = MLP(dim, 1, hidden=hidden, depth=depth, activation=activation)
 
@@ -224,44 +224,3 @@ def check_no_batchnorm(module: nn.Module, why: str) -> None:
                 f"{why}, but the critic has a BatchNorm layer ('{name}': {type(m).__name__}) that couples the "
                 "samples of a batch: use layer, group or no normalisation (--model.d-norm layer)"
             )
-
-
-class GeneratorSampler:
-    """A GAN generator as a :class:`genkit.sampling.Sampler`: ``x = G(z)``, ``z ~ N(0, I_latent_dim)``.
-
-    Args:
-        generator_net: ``G(z: (B, latent_dim)) -> (B, ...)``; evaluated in eval mode (BatchNorm uses its
-            running statistics) without a graph, its train/eval mode restored afterwards.
-        latent_dim: size of ``z``.
-        device: where ``z`` is drawn and ``G`` runs; a ``generator`` passed to :meth:`sample` must live there.
-        batch_size: at most this many samples per forward pass (large ``n`` for FID).
-    """
-
-    def __init__(self, generator_net: nn.Module, latent_dim: int, device: str | torch.device = "cpu",
-                 *, batch_size: int = 500) -> None:
-        if latent_dim < 1 or batch_size < 1:
-            raise GenkitError(f"latent_dim and batch_size must be >= 1, got {latent_dim} and {batch_size}")
-        self.net, self.latent_dim, self.device, self.batch_size = generator_net, latent_dim, torch.device(device), batch_size
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples ``(n, ...)`` from noise drawn with ``generator``."""
-        if n < 1:
-            raise GenkitError(f"n must be >= 1, got {n}")
-        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
-        return self.sample_from_noise(z)
-
-    def sample_from_noise(self, z: Tensor) -> Tensor:
-        """``G(z)`` for given noise ``z: (B, latent_dim)`` -> ``(B, ...)`` float32, no graph."""
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise GenkitError(f"z must have shape (B, {self.latent_dim}), got {tuple(z.shape)}")
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                z = z.to(self.device)
-                return torch.cat([self.net(c).float() for c in z.split(self.batch_size)])
-        finally:
-            self.net.train(was_training)
-
-    def __repr__(self) -> str:
-        return f"GeneratorSampler(latent_dim={self.latent_dim}, device={self.device})"

@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.dry_run:
         print_config(cfg)
         return 0
-    from genkit.recipes.reflow import resolve_device
+    from genkit.cli import resolve_device
 
     device = resolve_device(cfg.device)
     if device.type == "cuda":

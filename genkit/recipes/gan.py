@@ -2,11 +2,12 @@
 
 The recipes themselves (:mod:`genkit.recipes.monoflow`, :mod:`genkit.recipes.reflow_gan`) only
 declare their config and turn it into :class:`Players`: the objective, the name of the second
-player (``"discriminator"`` or ``"critic"``), its steps per generator step, and whether it is
-trained with a gradient penalty. Everything else is here: a generator and a discriminator/critic
-(:mod:`genkit.nn.gan_nets`), one Adam per player, the shared :class:`~genkit.train.Trainer` with
-the recipe's update ratio (``--train.steps`` counts steps of the player updated every step), snapshots of
-the EMA generator (scatter plots on 2-D data, image grids otherwise), and the final ``eval.json``.
+player (``"discriminator"`` or ``"critic"``), the update ratio, and whether the critic is trained
+with a gradient penalty. Everything else is here: a generator and a discriminator/critic
+(:mod:`genkit.nn.gan_nets`), one Adam per player, the shared :class:`~genkit.train.Trainer`
+(``--train.steps`` counts the steps of the player updated every step: critic steps under
+``{"generator": 5}``), snapshots of the EMA generator (scatter plots on 2-D data, image grids
+otherwise), and the final ``eval.json``.
 
 Run folder: ``config.json`` (with ``recipe`` and ``shape``), ``metrics.jsonl`` (``loss/generator``
 and ``loss/<critic>``), ``checkpoints/``, ``samples/``, ``eval.json``. On 2-D data eval.json holds the
@@ -33,12 +34,14 @@ from genkit.cli import apply_overrides, parse_config, print_config, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import GAUSSIANS_RADIUS, GAUSSIANS_STD, TOY_DATASETS, ToyStream, sample_toy
 from genkit.errors import GenkitError
+from genkit.sampling import GeneratorSampler
 from genkit.nn.gan_nets import (
-    DCGANDiscriminator, DCGANGenerator, GeneratorSampler, MLPCritic, Norm, ResNetCritic, check_no_batchnorm,
+    DCGANDiscriminator, DCGANGenerator, MLPCritic, Norm, ResNetCritic, check_no_batchnorm,
     mlp_generator,
 )
 from genkit.objectives.base import Objective
-from genkit.recipes.reflow import IMAGE_SETS, DataConfig, resolve_device
+from genkit.cli import resolve_device
+from genkit.recipes.reflow import IMAGE_SETS, DataConfig
 from genkit.seeding import derive_seed
 from genkit.train import TrainConfig, Trainer
 from genkit.train import checkpoint as ckpt
@@ -343,9 +346,15 @@ class LoadedGAN:
     shape: tuple[int, ...]
     step: int
 
+    is_flow = False  # one forward pass per sample: no solver or NFE to choose
+
     @property
     def latent_dim(self) -> int:
         return self.config.model.latent_dim
+
+    @property
+    def data(self):
+        return self.config.data
 
     def sampler(self, *, device: torch.device | None = None, batch_size: int = 500) -> GeneratorSampler:
         """``z ~ N(0, I) -> G(z)`` as a :class:`genkit.sampling.Sampler` (samples ``(n, *shape)``)."""

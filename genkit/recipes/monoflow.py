@@ -54,6 +54,12 @@ class MonoFlowObjectiveConfig:
 
 
 @dataclass(frozen=True)
+class MonoFlowSampleConfig(GANSampleConfig):
+    particle_steps: int = 200
+    """2-D data: moves of the generator-free particle flow drawn at the end (samples/particles.png; 0: none)"""
+
+
+@dataclass(frozen=True)
 class MonoFlowConfig:
     """MonoFlow GAN: logistic discriminator ~ log p/q, generator following grad h(log p/q)."""
 
@@ -71,7 +77,7 @@ class MonoFlowConfig:
     objective: MonoFlowObjectiveConfig = field(default_factory=MonoFlowObjectiveConfig)
     optim: GANOptimConfig = field(default_factory=GANOptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=7000, batch_size=128))
-    sample: GANSampleConfig = field(default_factory=GANSampleConfig)
+    sample: MonoFlowSampleConfig = field(default_factory=MonoFlowSampleConfig)
 
 
 def players(cfg: MonoFlowConfig) -> Players:
@@ -82,20 +88,23 @@ def players(cfg: MonoFlowConfig) -> Players:
         raise GenkitError(f"--objective.d-steps and --objective.g-steps must be >= 1, got {o.d_steps} and {o.g_steps}")
     if o.d_steps > 1 and o.g_steps > 1:
         raise GenkitError("set either --objective.d-steps or --objective.g-steps above 1, not both")
+    if cfg.sample.particle_steps < 0:
+        raise GenkitError(f"--sample.particle-steps must be >= 0, got {cfg.sample.particle_steps}")
     if o.g_steps > 1 and o.form != "particle":
         raise GenkitError("several generator steps per discriminator step need --objective.form particle "
                           "(the direct loss equals the flow only for one step, SPEC 3(b))")
     objective = MonoFlow(latent_dim=cfg.model.latent_dim, h=o.h, shift=o.shift, form=o.form, step_size=o.step_size)
     update_every = {"generator": o.d_steps} if o.g_steps == 1 else {"discriminator": o.g_steps}
-    return Players(objective, "discriminator", update_every, penalty=False, toy_extra=_particle_picture(o.h))
+    picture = _particle_picture(o.h, cfg.sample.particle_steps) if cfg.sample.particle_steps else None
+    return Players(objective, "discriminator", update_every, penalty=False, toy_extra=picture)
 
 
-# Generator-free particle flow for the 2-D picture: N(0, I) particles, moved PARTICLE_STEPS times by
-# x <- x + PARTICLE_STEP_SIZE * grad h(D(x)), D refit 5 Adam steps before each move.
-PARTICLE_N, PARTICLE_STEPS, PARTICLE_STEP_SIZE = 500, 200, 0.02
+# Generator-free particle flow for the 2-D picture: PARTICLE_N particles from N(0, I), each move
+# x <- x + PARTICLE_STEP_SIZE * grad h(D(x)) after 5 Adam steps refitting D (genkit.particles).
+PARTICLE_N, PARTICLE_STEP_SIZE = 500, 0.02
 
 
-def _particle_picture(h: str):
+def _particle_picture(h: str, steps: int):
     def draw(out: Path, dataset: str, seed: int) -> dict:
         from genkit.data.toy import sample_toy
         from genkit.eval.distances import energy_distance
@@ -105,13 +114,16 @@ def _particle_picture(h: str):
 
         g = torch.Generator().manual_seed(derive_seed(seed, "particles"))
         x_0 = torch.randn(PARTICLE_N, 2, generator=g)
-        flow = particle_flow(x_0, lambda n, gen: sample_toy(dataset, n, generator=gen), steps=PARTICLE_STEPS,
+        flow = particle_flow(x_0, lambda n, gen: sample_toy(dataset, n, generator=gen), steps=steps,
                              step_size=PARTICLE_STEP_SIZE, h=h, generator=g)
         save_trajectories(flow.xs, out / "samples" / "particles.png",
-                          title=f"{dataset}: particle flow grad h(D), h = {h}, no generator")
-        held_out = sample_toy(dataset, PARTICLE_N, generator=torch.Generator().manual_seed(derive_seed(seed, "heldout")))
-        return {"particle_flow_energy_distance": float(energy_distance(flow.xs[-1], held_out)),
-                "particle_flow_n": PARTICLE_N}
+                          title=f"{dataset}: particle flow without generator, h = {h}")
+        held_out, other = (sample_toy(dataset, PARTICLE_N,
+                                      generator=torch.Generator().manual_seed(derive_seed(seed, purpose)))
+                           for purpose in ("heldout", "heldout2"))
+        return {"particle_flow_n": PARTICLE_N,
+                "particle_flow_energy_distance": float(energy_distance(flow.xs[-1], held_out)),
+                "particle_flow_energy_distance_data_floor": float(energy_distance(other, held_out))}
 
     return draw
 
