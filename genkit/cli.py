@@ -168,3 +168,27 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenkitError(f"device '{name}' requested but CUDA is not available: use --device cpu")
     return device
+
+
+def run_recipe(config: Any, run: Callable[[Any, torch.device, Any], int]) -> int:
+    """The common tail of a recipe's ``main``, after parsing and checking its config.
+
+    ``--dry-run`` prints the resolved config; otherwise picks the device, joins the process
+    group when launched by torchrun, calls ``run(config, device, dist_info)`` and leaves the
+    group again whatever happens.
+    """
+    import torch
+
+    from genkit.train import distributed
+
+    if config.dry_run:
+        print_config(config)
+        return 0
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    info = distributed.init(device)
+    try:
+        return run(config, device, info)
+    finally:
+        distributed.shutdown()

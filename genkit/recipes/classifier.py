@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genkit.cli import parse_config, print_config, run_main, to_jsonable
+from genkit.cli import parse_config, run_main, run_recipe, to_jsonable
+from genkit.recipes.reflow import OptimConfig
 from genkit.data.images import ImageStream, load_images, to_float
 from genkit.errors import GenkitError
 from genkit.nn.convnets import ClassifierCNN
@@ -59,13 +60,6 @@ class ModelConfig:
     """output channels of each conv block (each halves the resolution)"""
     feature_dim: int = 128
     """width of the penultimate layer: the FID-C feature dimension"""
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -221,19 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(ClassifierConfig, RECIPE, argv, description=__doc__.split("\n\n")[0])
     if cfg.data.dataset not in DATASETS:
         raise GenkitError(f"unknown dataset '{cfg.data.dataset}' (known: {', '.join(DATASETS)})")
-    if cfg.dry_run:
-        print_config(cfg)
-        return 0
-    from genkit.cli import resolve_device
-
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    info = distributed.init(device)
-    try:
-        return run(cfg, device, info)
-    finally:
-        distributed.shutdown()
+    return run_recipe(cfg, run)
 
 
 def _split(cfg: ClassifierConfig, split: str) -> tuple[Tensor, Tensor, list[str]]:

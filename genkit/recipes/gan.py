@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from genkit.cli import apply_overrides, parse_config, print_config, to_jsonable
+from genkit.cli import apply_overrides, parse_config, run_recipe, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import GAUSSIANS_RADIUS, GAUSSIANS_STD, TOY_DATASETS, ToyStream, sample_toy
 from genkit.errors import GenkitError
@@ -40,7 +40,6 @@ from genkit.nn.gan_nets import (
     mlp_generator,
 )
 from genkit.objectives.base import Objective
-from genkit.cli import resolve_device
 from genkit.recipes.reflow import IMAGE_SETS, DataConfig
 from genkit.seeding import derive_seed
 from genkit.train import TrainConfig, Trainer
@@ -185,17 +184,7 @@ def main(recipe: str, config_cls: Callable[[], C], players: Callable[[C], Player
     cfg = parse_config(config_cls, recipe, argv, description=description)
     check_config(cfg)
     setup = players(cfg)
-    if cfg.dry_run:
-        print_config(cfg)
-        return 0
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    info = distributed.init(device)
-    try:
-        return _run(recipe, cfg, setup, device, info)
-    finally:
-        distributed.shutdown()
+    return run_recipe(cfg, lambda cfg, device, info: _run(recipe, cfg, setup, device, info))
 
 
 def _run(recipe: str, cfg: GANRunConfig, setup: Players, device: torch.device, info: distributed.DistInfo) -> int:

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from genkit.cli import apply_overrides, parse_config, print_config, resolve_device, run_main, to_jsonable
+from genkit.cli import apply_overrides, parse_config, run_main, run_recipe, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import TOY_DATASETS, ToyStream
 from genkit.errors import GenkitError
@@ -282,17 +282,7 @@ def main_sampler_steps(cfg: ReflowConfig) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(ReflowConfig, RECIPE, argv, description=__doc__.split("\n\n")[0])
     check_config(cfg)
-    if cfg.dry_run:
-        print_config(cfg)
-        return 0
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    info = distributed.init(device)
-    try:
-        return run(cfg, device, info)
-    finally:
-        distributed.shutdown()
+    return run_recipe(cfg, run)
 
 
 def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> int:

@@ -4,7 +4,6 @@ each rank's final parameters and first batch in a side folder (argv[1])."""
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from genkit.cli import run_main
