@@ -15,6 +15,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -192,3 +193,42 @@ def run_recipe(config: Any, run: Callable[[Any, torch.device, Any], int]) -> int
         return run(config, device, info)
     finally:
         distributed.shutdown()
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What a run folder says about itself: the resolved config, one sample's shape, the latest checkpoint."""
+
+    config: Any
+    shape: tuple[int, ...]
+    checkpoint: Path
+    step: int
+
+
+def open_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], T]) -> RunFolder:
+    """Read ``run_dir/config.json`` (written by ``recipe``) back into its frozen config; one-line errors."""
+    from genkit.train import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    try:
+        card = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise GenkitError(f"{run_dir} is not a run folder (no readable config.json): point at a --out folder") from None
+    if card.get("recipe") != recipe:
+        raise GenkitError(f"{run_dir} is a run of recipe '{card.get('recipe')}', not '{recipe}'")
+    default = config_cls()
+    fields = {f.name for f in dataclasses.fields(default)}
+    config = apply_overrides(default, {k: v for k, v in card.items() if k in fields})  # the card also holds recipe, shape
+    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise GenkitError(f"{run_dir} has no checkpoint yet: train it first")
+    return RunFolder(config, tuple(card.get("shape", ())), path, int(ckpt.read_card(path)["step"]))
+
+
+def load_network(run: RunFolder, recipe: str, name: str, net: Any, *, ema: bool, device: Any) -> Any:
+    """``net`` with model ``name``'s (EMA) weights from the run's latest checkpoint, frozen, in eval mode."""
+    from genkit.train import checkpoint as ckpt
+
+    ckpt.check_compatible(run.checkpoint, recipe=recipe, models={name: net})
+    ckpt.load_weights(run.checkpoint, name, net, ema=ema)
+    return net.to(device).eval().requires_grad_(False)

@@ -424,17 +424,9 @@ def evaluate_fid(cfg: FIDConfig) -> dict[str, float | int | str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
+    from genkit.eval.runs import eval_main
 
-    import tyro
-
-    from genkit.train.logging import update_eval
-
-    cfg = tyro.cli(FIDConfig, args=argv, prog="python -m genkit.eval.fid")
-    values = evaluate_fid(cfg)
-    update_eval(cfg.run, values)
-    print(json.dumps(values))
-    return 0
+    return eval_main(FIDConfig, evaluate_fid, argv, "python -m genkit.eval.fid")
 
 
 if __name__ == "__main__":

@@ -232,17 +232,9 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
+    from genkit.eval.runs import eval_main
 
-    import tyro
-
-    from genkit.train.logging import update_eval
-
-    cfg = tyro.cli(NLLConfig, args=argv, prog="python -m genkit.eval.nll")
-    values = evaluate_nll(cfg)
-    update_eval(cfg.run, values)
-    print(json.dumps(values))
-    return 0
+    return eval_main(NLLConfig, evaluate_nll, argv, "python -m genkit.eval.nll")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,16 @@ def load_eval_run(run_dir: str | Path, *, device: torch.device, ema: bool = True
     if recipe not in RUN_LOADERS:
         raise GenkitError(f"runs of recipe '{recipe}' cannot be evaluated yet (known: {', '.join(sorted(RUN_LOADERS))})")
     return RUN_LOADERS[recipe](Path(run_dir), device=device, ema=ema)
+
+
+def eval_main(config_cls: Callable[..., Any], evaluate: Callable[[Any], dict], argv: list[str] | None, prog: str) -> int:
+    """An evaluation CLI: parse ``config_cls``, evaluate, merge into the run's eval.json, print one JSON line."""
+    import tyro
+
+    from genkit.train.logging import update_eval
+
+    cfg = tyro.cli(config_cls, args=argv, prog=prog)
+    values = evaluate(cfg)
+    update_eval(cfg.run, values)
+    print(json.dumps(values))
+    return 0

@@ -19,7 +19,6 @@ comes from :mod:`genkit.eval` through :func:`load_run`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from genkit.cli import apply_overrides, parse_config, run_recipe, to_jsonable
+from genkit.cli import load_network, open_run, parse_config, run_recipe, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import GAUSSIANS_RADIUS, GAUSSIANS_STD, TOY_DATASETS, ToyStream, sample_toy
 from genkit.errors import GenkitError
@@ -43,7 +42,6 @@ from genkit.objectives.base import Objective
 from genkit.recipes.reflow import IMAGE_SETS, DataConfig
 from genkit.seeding import derive_seed
 from genkit.train import TrainConfig, Trainer
-from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
 from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
@@ -354,21 +352,6 @@ class LoadedGAN:
 def load_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], C], *, device: str | torch.device = "cpu",
              ema: bool = True) -> LoadedGAN:
     """Rebuild a GAN run's generator from its config.json and load its latest (EMA) weights."""
-    run_dir = Path(run_dir)
-    try:
-        card = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise GenkitError(f"{run_dir} is not a run folder (no readable config.json): point at a --out folder") from None
-    if card.get("recipe") != recipe:
-        raise GenkitError(f"{run_dir} is a run of recipe '{card.get('recipe')}', not '{recipe}'")
-    shape = tuple(card["shape"])
-    default = config_cls()
-    fields = {f.name for f in dataclasses.fields(default)}
-    cfg = apply_overrides(default, {k: v for k, v in card.items() if k in fields})
-    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise GenkitError(f"{run_dir} has no checkpoint yet: train it first")
-    generator = build_generator(cfg.model, shape)
-    ckpt.check_compatible(path, recipe=recipe, models={"generator": generator})
-    ckpt.load_weights(path, "generator", generator, ema=ema)
-    return LoadedGAN(generator.to(device).eval().requires_grad_(False), cfg, shape, ckpt.read_card(path)["step"])
+    run = open_run(run_dir, recipe, config_cls)
+    generator = load_network(run, recipe, "generator", build_generator(run.config.model, run.shape), ema=ema, device=device)
+    return LoadedGAN(generator, run.config, run.shape, run.step)

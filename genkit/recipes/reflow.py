@@ -19,7 +19,6 @@ resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from genkit.cli import apply_overrides, parse_config, run_main, run_recipe, to_jsonable
+from genkit.cli import load_network, open_run, parse_config, run_main, run_recipe, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import TOY_DATASETS, ToyStream
 from genkit.errors import GenkitError
@@ -223,24 +222,9 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> LoadedRun:
     """Rebuild a reflow run's network from its config.json and load its latest (EMA) weights."""
-    run_dir = Path(run_dir)
-    try:
-        card = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise GenkitError(f"{run_dir} is not a run folder (no readable config.json): point at a --out folder") from None
-    if card.get("recipe") != RECIPE:
-        raise GenkitError(f"{run_dir} is a run of recipe '{card.get('recipe')}', not '{RECIPE}'")
-    shape = tuple(card["shape"])
-    fields = {f.name for f in dataclasses.fields(ReflowConfig)}
-    settings = {k: v for k, v in card.items() if k in fields}  # the card also holds recipe, shape, ...
-    cfg = apply_overrides(ReflowConfig(), settings)
-    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise GenkitError(f"{run_dir} has no checkpoint yet: train it first")
-    net = build_field(cfg.model, shape)
-    ckpt.check_compatible(path, recipe=RECIPE, models={"model": net})
-    ckpt.load_weights(path, "model", net, ema=ema)
-    return LoadedRun(net.to(device).eval().requires_grad_(False), cfg, shape, ckpt.read_card(path)["step"])
+    run = open_run(run_dir, RECIPE, ReflowConfig)
+    net = load_network(run, RECIPE, "model", build_field(run.config.model, run.shape), ema=ema, device=device)
+    return LoadedRun(net, run.config, run.shape, run.step)
 
 
 def load_teacher(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device) -> LoadedRun:
