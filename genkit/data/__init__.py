@@ -6,7 +6,7 @@
 :class:`ImageStream`. Importing this package does not import torchvision.
 """
 
-from genkit.data.images import ImageName, ImageStream, load_images, to_float, to_uint8
+from genkit.data.images import ImageName, ImageStream, load_images, load_labels, to_float, to_uint8
 from genkit.data.toy import TOY_DATASETS, ToyName, ToyStream, sample_toy
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ToyName",
     "ToyStream",
     "load_images",
+    "load_labels",
     "sample_toy",
     "to_float",
     "to_uint8",

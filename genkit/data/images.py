@@ -30,11 +30,19 @@ def _expected_files(cls: type, root: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Tensor:
+def _torchvision_class(name: str) -> type:
     from torchvision import datasets
 
-    classes = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
-    cls = classes[name]
+    return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[name]
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    """The ImageFolder directory of ``split``: ``root/<split>`` if it exists, else ``root``."""
+    return root / split if (root / split).is_dir() else root
+
+
+def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Tensor:
+    cls = _torchvision_class(name)
     train = split == "train"
     dataset = None
     try:
@@ -65,7 +73,7 @@ def _load_imagefolder(root: Path, split: str) -> Tensor:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.functional import pil_to_tensor
 
-    folder = root / split if (root / split).is_dir() else root
+    folder = _split_folder(root, split)
     if not folder.is_dir():
         raise GenkitError(f"image folder {folder} does not exist; pass an existing directory as root")
     try:
@@ -111,6 +119,21 @@ def load_images(
     if name == "imagefolder":
         return _load_imagefolder(root, split)
     return _load_torchvision(name, root, split, download)
+
+
+def load_labels(name: str, *, root: str | Path, split: Literal["train", "test"] = "train") -> tuple[Tensor, list[str]]:
+    """Labels ``(N,)`` int64 of the images :func:`load_images` returns (same order), and the class names.
+
+    Call it after ``load_images`` succeeded: the files are then known to be there.
+    """
+    root = Path(root).expanduser()
+    if name == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        dataset = ImageFolder(str(_split_folder(root, split)))
+        return torch.tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
+    dataset = _torchvision_class(name)(root=str(root), train=split == "train", download=False)
+    return torch.as_tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
 
 
 def to_float(x: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from genkit.cli import parse_config, run_main, run_recipe, to_jsonable
 from genkit.recipes.reflow import OptimConfig
-from genkit.data.images import ImageStream, load_images, to_float
+from genkit.data.images import ImageStream, load_images, load_labels, to_float
 from genkit.errors import GenkitError
 from genkit.nn.convnets import ClassifierCNN
 from genkit.objectives.base import LossOutput
@@ -91,23 +91,6 @@ class ClassifierConfig:
 
 
 # ---- data -------------------------------------------------------------------------------------------
-def load_labels(name: str, *, root: str | Path, split: str) -> tuple[Tensor, list[str]]:
-    """Labels ``(N,)`` int64 of the split :func:`load_images` returns (same order), and the class names.
-
-    Call it after ``load_images`` succeeded: the files are then known to be there.
-    """
-    from torchvision import datasets
-
-    root = Path(root).expanduser()
-    if name == "imagefolder":
-        folder = root / split if (root / split).is_dir() else root  # as load_images chooses
-        dataset = datasets.ImageFolder(str(folder))
-        return torch.tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
-    classes = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
-    dataset = classes[name](root=str(root), train=split == "train", download=False)
-    return torch.as_tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
-
-
 class LabelledStream:
     """An :class:`ImageStream` of ``images`` that also yields each batch's ``labels: (N,)``.
 
