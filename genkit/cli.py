@@ -232,3 +232,11 @@ def load_network(run: RunFolder, recipe: str, name: str, net: Any, *, ema: bool,
     ckpt.check_compatible(run.checkpoint, recipe=recipe, models={name: net})
     ckpt.load_weights(run.checkpoint, name, net, ema=ema)
     return net.to(device).eval().requires_grad_(False)
+
+
+def report_stop(result: Any, info: Any) -> int:
+    """Say where a stopped run's checkpoint is (rank 0) and return the exit status of a stop, 130."""
+    if info.is_main:
+        print(f"stopped at step {result.step}; checkpoint {result.checkpoint}. Run the same command to resume.",
+              file=sys.stderr)
+    return 130

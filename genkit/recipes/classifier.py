@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genkit.cli import parse_config, run_main, run_recipe, to_jsonable
+from genkit.cli import parse_config, report_stop, run_main, run_recipe, to_jsonable
 from genkit.recipes.reflow import OptimConfig
 from genkit.data.images import ImageStream, load_images, load_labels, to_float
 from genkit.errors import GenkitError
@@ -225,10 +225,7 @@ def run(cfg: ClassifierConfig, device: torch.device, info: distributed.DistInfo)
                       recipe=RECIPE, run_config=card, seed=cfg.seed, dist=info)
     result = trainer.fit()
     if result.interrupted:
-        if info.is_main:
-            print(f"stopped at step {result.step}; checkpoint {result.checkpoint}. Run the same command to resume.",
-                  file=sys.stderr)
-        return 130
+        return report_stop(result, info)
     if info.is_main:
         test_images, test_labels, _ = _split(cfg, "test")
         m = evaluate(trainer.ema["model"].module, test_images, test_labels, batch_size=cfg.eval.batch_size, device=device)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from genkit.cli import load_network, open_run, parse_config, run_recipe, to_jsonable
+from genkit.cli import load_network, open_run, parse_config, report_stop, run_recipe, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import GAUSSIANS_RADIUS, GAUSSIANS_STD, TOY_DATASETS, ToyStream, sample_toy
 from genkit.errors import GenkitError
@@ -211,10 +210,7 @@ def _run(recipe: str, cfg: GANRunConfig, setup: Players, device: torch.device, i
     )
     result = trainer.fit()
     if result.interrupted:
-        if info.is_main:
-            print(f"stopped at step {result.step}; checkpoint {result.checkpoint}. Run the same command to resume.",
-                  file=sys.stderr)
-        return 130
+        return report_stop(result, info)
     if info.is_main:
         metrics = evaluate(trainer.ema["generator"].module, cfg, shape, device, result.step)
         if setup.toy_extra is not None and len(shape) == 1:

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from genkit.cli import load_network, open_run, parse_config, run_main, run_recipe, to_jsonable
+from genkit.cli import load_network, open_run, parse_config, report_stop, run_main, run_recipe, to_jsonable
 from genkit.data.images import ImageStream, load_images
 from genkit.data.toy import TOY_DATASETS, ToyStream
 from genkit.errors import GenkitError
@@ -306,10 +306,7 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
     )
     result = trainer.fit()
     if result.interrupted:
-        if info.is_main:
-            print(f"stopped at step {result.step}; checkpoint {result.checkpoint}. Run the same command to resume.",
-                  file=sys.stderr)
-        return 130
+        return report_stop(result, info)
     if info.is_main:
         metrics = reflow_eval.evaluate(trainer.ema["model"].module, cfg, shape, device, result.step)
         update_eval(cfg.out, metrics)
