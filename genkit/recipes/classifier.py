@@ -36,6 +36,7 @@ from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
 from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
+from genkit.train.optim import adam
 
 RECIPE = "classifier"
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder")
@@ -220,7 +221,7 @@ def run(cfg: ClassifierConfig, device: torch.device, info: distributed.DistInfo)
     if info.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cfg.out / "config.json", card)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     trainer = Trainer({"model": net}, {"model": opt}, CrossEntropy(), data, cfg.train, run_dir=cfg.out,
                       recipe=RECIPE, run_config=card, seed=cfg.seed, dist=info)
     result = trainer.fit()
@@ -229,7 +230,7 @@ def run(cfg: ClassifierConfig, device: torch.device, info: distributed.DistInfo)
     if info.is_main:
         test_images, test_labels, _ = _split(cfg, "test")
         m = evaluate(trainer.ema["model"].module, test_images, test_labels, batch_size=cfg.eval.batch_size, device=device)
-        update_eval(cfg.out, {"step": result.step, "weights": "ema", "test_accuracy": m["accuracy"],
+        update_eval(cfg.out, {**result.eval_fields(), "weights": "ema", "test_accuracy": m["accuracy"],
                               "test_loss": m["loss"], "n_test": len(test_images), "feature_dim": cfg.model.feature_dim})
         print(f"done: step {result.step}; test accuracy {m['accuracy']:.4f} on {len(test_images)} images; "
               f"results in {cfg.out}")

@@ -44,6 +44,7 @@ from genkit.train import TrainConfig, Trainer
 from genkit.train import distributed
 from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
+from genkit.train.optim import adam
 
 __all__ = [
     "DataConfig", "GANModelConfig", "GANOptimConfig", "GANSampleConfig", "LoadedGAN", "Players", "build_critic",
@@ -201,8 +202,8 @@ def _run(recipe: str, cfg: GANRunConfig, setup: Players, device: torch.device, i
         cfg.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cfg.out / "config.json", card)
     o = cfg.optim
-    optimizers = {"generator": torch.optim.Adam(generator.parameters(), lr=o.g_lr, betas=o.g_betas),
-                  setup.critic: torch.optim.Adam(critic.parameters(), lr=o.d_lr, betas=o.d_betas)}
+    optimizers = {"generator": adam(generator.parameters(), lr=o.g_lr, betas=o.g_betas),
+                  setup.critic: adam(critic.parameters(), lr=o.d_lr, betas=o.d_betas)}
     trainer = Trainer(
         {"generator": generator, setup.critic: critic}, optimizers, setup.objective, data, cfg.train,
         run_dir=cfg.out, recipe=recipe, run_config=card, seed=cfg.seed, dist=info,
@@ -215,7 +216,7 @@ def _run(recipe: str, cfg: GANRunConfig, setup: Players, device: torch.device, i
         metrics = evaluate(trainer.ema["generator"].module, cfg, shape, device, result.step)
         if setup.toy_extra is not None and len(shape) == 1:
             metrics |= setup.toy_extra(cfg.out, cfg.data.dataset, cfg.seed)
-        update_eval(cfg.out, metrics)
+        update_eval(cfg.out, metrics | result.eval_fields())
         print(f"done: step {result.step}; {summary(metrics)}; results in {cfg.out}")
     distributed.barrier(info)
     return 0

@@ -42,6 +42,7 @@ from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
 from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
+from genkit.train.optim import adam
 
 RECIPE = "reflow"
 IMAGE_SETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder")
@@ -298,7 +299,7 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
     if info.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cfg.out / "config.json", card)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt = adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     trainer = Trainer(
         {"model": net}, {"model": opt}, build_objective(cfg), data, cfg.train,
         run_dir=cfg.out, recipe=RECIPE, run_config=card, seed=cfg.seed, dist=info,
@@ -309,7 +310,7 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
         return report_stop(result, info)
     if info.is_main:
         metrics = reflow_eval.evaluate(trainer.ema["model"].module, cfg, shape, device, result.step)
-        update_eval(cfg.out, metrics)
+        update_eval(cfg.out, metrics | result.eval_fields())
         print(f"done: step {result.step}; {reflow_eval.summary(metrics)}; results in {cfg.out}")
     distributed.barrier(info)
     return 0

@@ -8,7 +8,8 @@ and updates the EMA copies. Around that: bf16 autocast, optional ``torch.compile
 gradient accumulation, LR warm-up, a progress bar, ``metrics.jsonl`` + TensorBoard,
 periodic snapshots (sample grids), atomic checkpoints, exact resume, and a clean
 stop on Ctrl-C / SIGTERM (checkpoint, then exit) or on a non-finite loss (stop with
-the step number; the last good checkpoint is kept).
+the step number; the last good checkpoint is kept), and an optional wall-clock budget
+(``time_limit``, counted over resumes: equal-time comparisons, runs split across sessions).
 """
 
 from __future__ import annotations
@@ -36,12 +37,28 @@ from genkit.train.ema import EMA
 from genkit.train.logging import MetricsLogger
 
 
+_DDP_STOP_CHECK = 10  # steps between the ranks' agreement on stopping (see Trainer._stop_flags)
+
+
+class _Clock:
+    """Seconds of training: those before this ``fit`` plus the wall time since it began."""
+
+    def __init__(self, before: float) -> None:
+        self.before, self.t0 = before, time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.t0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The loop's settings, shared by every recipe (``--train.<field>`` on the CLI)."""
 
     steps: int = 5000
     """total optimizer steps of the run (a resumed run continues to this number)"""
+    time_limit: float = 0.0
+    """end the run after this many minutes of training, summed over resumes, even before
+    ``steps`` (0: no limit); the run then ends as if it had reached ``steps``"""
     batch_size: int = 256
     """global batch per step: split over ranks and accumulation micro-steps"""
     accumulate: int = 1
@@ -80,7 +97,17 @@ class TrainConfig:
 class TrainResult:
     step: int
     interrupted: bool
+    """stopped by Ctrl-C / SIGTERM: run the same command again to continue"""
     checkpoint: Path | None
+    time_limit_reached: bool = False
+    """ended by ``TrainConfig.time_limit`` before ``steps`` (the run is complete)"""
+    train_seconds: float = 0.0
+    """wall time spent training, summed over resumes"""
+
+    def eval_fields(self) -> dict[str, float | int | bool]:
+        """What every recipe records about its training in ``eval.json``."""
+        return {"step": self.step, "train_seconds": round(self.train_seconds, 1),
+                "time_limit_reached": self.time_limit_reached}
 
 
 class BatchStream(Protocol):
@@ -131,6 +158,7 @@ class Trainer:
         self.update_every = {n: 1 for n in self.optimizers} | dict(update_every or {})
         self.snapshot, self.callbacks = snapshot, list(callbacks)
         self.step = 0
+        self.train_seconds = 0.0  # wall time spent in fit's loop, summed over resumes
         self.device = next(iter(self.models.values())).parameters().__next__().device
         self._check_update_every()
 
@@ -185,17 +213,22 @@ class Trainer:
         old_handlers = self._install_signal_handlers()
         saved: Path | None = None
         t_last, step_last = time.perf_counter(), self.step
+        clock = _Clock(self.train_seconds)
         try:
-            while self.step < self.config.steps:
+            # (the budget left at the start is read from the checkpoint, identical on every rank)
+            out_of_time = self._out_of_time(self.train_seconds)
+            while self.step < self.config.steps and not out_of_time:
                 self._train_step()
                 self.step += 1
                 bar.update(1)
                 for cb in self.callbacks:
                     cb(self)
-                last = self.step == self.config.steps
+                stop, out_of_time = self._stop_flags(clock.seconds())
+                last = self.step == self.config.steps or out_of_time
                 if self.step % self.config.log_every == 0 or last:
                     now = time.perf_counter()
                     values = self._log_values((self.step - step_last) / max(now - t_last, 1e-9))
+                    values["train_seconds"] = clock.seconds()
                     t_last, step_last = now, self.step
                     logger.log(self.step, values)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k.startswith("loss")})
@@ -203,16 +236,36 @@ class Trainer:
                     (self.config.sample_every and self.step % self.config.sample_every == 0) or last
                 ):
                     self.snapshot({n: e.module for n, e in self.ema.items()}, self.step)
-                stop = distributed.any_rank(self._stop_requested, self.dist, self.device)
                 if (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0) or last or stop:
+                    self.train_seconds = clock.seconds()
                     saved = self.save()
                 if stop:
-                    return TrainResult(self.step, True, saved)
-            return TrainResult(self.step, False, saved or self._latest())
+                    return TrainResult(self.step, True, saved, train_seconds=self.train_seconds)
+            self.train_seconds = clock.seconds()
+            return TrainResult(self.step, False, saved or self._latest(),
+                               time_limit_reached=self.step < self.config.steps, train_seconds=self.train_seconds)
         finally:
             self._restore_signal_handlers(old_handlers)
             bar.close()
             logger.close()
+
+    def _out_of_time(self, seconds: float) -> bool:
+        return self.config.time_limit > 0 and seconds >= 60.0 * self.config.time_limit
+
+    def _stop_flags(self, seconds: float) -> tuple[bool, bool]:
+        """(stop requested, time limit reached), agreed by all ranks.
+
+        Under DDP the agreement costs a collective and a host sync, so ranks compare notes
+        every ``_DDP_STOP_CHECK`` steps (and at every checkpoint step) rather than every step.
+        """
+        flags = (self._stop_requested, self._out_of_time(seconds))
+        if not self.dist.enabled:
+            return flags
+        ckpt_step = self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0
+        if self.step % _DDP_STOP_CHECK and not ckpt_step and self.step != self.config.steps:
+            return False, False
+        return (distributed.any_rank(flags[0], self.dist, self.device),
+                distributed.any_rank(flags[1], self.dist, self.device))
 
     def _train_step(self) -> None:
         cfg = self.config
@@ -286,6 +339,7 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "lr_schedules": {n: s.state_dict() for n, s in self.lr_schedules.items()},
             "ema_updates": dict(self._ema_updates),
+            "train_seconds": self.train_seconds,
             "data": self.data.state_dict(),
             "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else {},
             "rng": self._gather(rng),
@@ -336,6 +390,7 @@ class Trainer:
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
     # ---- signals ------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:

@@ -35,3 +35,22 @@ def test_torchrun_two_ranks_identical_params_and_rank0_files(tmp_path):
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["final.png", "step_00000015.png", "step_00000030.png", "trajectories.png"]
     assert json.loads((out / "eval.json").read_text())["step"] == 30
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "eval.json", "metrics.jsonl", "samples"]
+
+
+@pytest.mark.slow
+def test_torchrun_time_limit_stops_both_ranks_at_the_same_step(tmp_path):
+    side, out = tmp_path / "side", tmp_path / "run"
+    side.mkdir()
+    args = ["--preset", "toy", "--out", str(out), "--train.steps", "1000000", "--train.time-limit", "0.02",
+            "--train.batch-size", "64", "--train.log-every", "1000000", "--train.checkpoint-every", "1000000",
+            "--train.sample-every", "0", "--train.no-tensorboard", "--sample.n-eval", "100", "--sample.steps", "2",
+            "--sample.n-snapshot", "50", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(side), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_file(str(side / "rank0.safetensors")), load_file(str(side / "rank1.safetensors"))
+    params = [k for k in r0 if k.startswith("param.")]
+    assert params and all(torch.equal(r0[k], r1[k]) for k in params)  # same number of steps on both ranks
+    (ckpt_dir,) = (out / "checkpoints").iterdir()
+    step = int(ckpt_dir.name.split("_")[1])
+    assert 0 < step < 1000000 and step % 10 == 0  # the ranks agree on stopping every 10 steps

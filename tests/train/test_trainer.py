@@ -209,3 +209,25 @@ def test_ema_follows_the_formula():
 def test_batch_size_must_divide():
     with pytest.raises(GenkitError, match="multiple of ranks x accumulate"):
         TrainConfig(batch_size=10, accumulate=3).micro_batch_size(1)
+
+
+def test_time_limit_ends_the_run_and_counts_over_resumes(tmp_path):
+    limit = 0.003  # minutes: 0.18 s of training, far fewer than the 10**6 steps asked for
+    first = flow_trainer(tmp_path, 10**6, time_limit=limit).fit()
+    assert first.time_limit_reached and not first.interrupted and 0 < first.step < 10**6
+    assert first.checkpoint.name == ckpt.step_dir_name(first.step)  # the run ends with a checkpoint
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == first.step and last["train_seconds"] >= 60 * limit
+
+    again = flow_trainer(tmp_path, 10**6, time_limit=limit).fit()  # the same command: the budget is spent
+    assert again.time_limit_reached and again.step == first.step
+
+    more = flow_trainer(tmp_path, 10**6, time_limit=2 * limit).fit()  # a larger budget continues the run
+    assert more.time_limit_reached and more.step > first.step
+    state = ckpt.load_trainer_state(more.checkpoint)
+    assert 2 * 60 * limit <= state["train_seconds"] < 2 * 60 * limit + 5
+
+
+def test_time_limit_does_not_cut_a_run_that_reaches_its_steps(tmp_path):
+    result = flow_trainer(tmp_path, 5, time_limit=10.0).fit()
+    assert result.step == 5 and not result.time_limit_reached

@@ -1,0 +1,73 @@
+"""What only a CUDA device exercises: bf16 autocast, the fused optimizer, compile, data on the GPU.
+
+Skipped without CUDA (tests/conftest.py). On the GPU machine: ``python -m pytest -q -m gpu``.
+"""
+
+import json
+
+import pytest
+import torch
+
+from genkit.data.images import ImageStream
+from genkit.data.toy import ToyStream
+from genkit.nn.mlp import VelocityMLP
+from genkit.nn.unet import build_unet
+from genkit.objectives.flow_matching import FlowMatching
+from genkit.paths import AffinePath, LinearSchedule
+from genkit.sampling import ODESampler
+from genkit.train import TrainConfig, Trainer
+from genkit.train.optim import adam
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+
+
+def small_unet():
+    torch.manual_seed(0)
+    return build_unet("mnist", block_out_channels=(32, 64, 64), layers_per_block=1).to(CUDA)
+
+
+def test_adam_is_fused_on_cuda_only():
+    assert adam(VelocityMLP(2, hidden=8, depth=1).to(CUDA).parameters(), lr=1e-3).defaults["fused"]
+    assert not adam(VelocityMLP(2, hidden=8, depth=1).parameters(), lr=1e-3).defaults["fused"]
+
+
+def test_bf16_trainer_learns_and_keeps_float32_weights(tmp_path):
+    torch.manual_seed(0)
+    model = VelocityMLP(2, hidden=128, depth=3).to(CUDA)
+    cfg = TrainConfig(steps=300, batch_size=256, log_every=30, sample_every=0, checkpoint_every=300,
+                      tensorboard=False, progress=False, precision="bf16")
+    result = Trainer({"model": model}, {"model": adam(model.parameters(), lr=1e-3)},
+                     FlowMatching(AffinePath(LinearSchedule())), ToyStream("8gaussians", 256, seed=0, device=CUDA),
+                     cfg, run_dir=tmp_path, recipe="test", run_config={}).fit()
+    assert result.step == 300 and all(p.dtype == torch.float32 for p in model.parameters())
+    losses = [json.loads(line)["loss/model"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_compiled_unet_matches_eager():
+    net = small_unet().eval()
+    x, t = torch.randn(8, 1, 28, 28, device=CUDA), torch.rand(8, device=CUDA)
+    with torch.no_grad():
+        eager = net(x, t)
+        compiled = torch.compile(net)(x, t)
+    assert torch.linalg.vector_norm(compiled - eager) / torch.linalg.vector_norm(eager) < 1e-3
+
+
+def test_sampling_state_stays_float32_under_bf16_autocast():
+    net = small_unet().eval()
+    sampler = ODESampler(net, (1, 28, 28), method="euler", steps=10, device=CUDA)
+    x_0 = torch.randn(16, 1, 28, 28, device=CUDA)
+    with torch.no_grad():
+        ref = sampler.solve(x_0).x
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = sampler.solve(x_0).x
+    assert low.dtype == torch.float32
+    assert torch.linalg.vector_norm(low - ref) / torch.linalg.vector_norm(ref) < 2e-2
+
+
+def test_image_stream_lives_on_the_gpu():
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    batch = next(ImageStream(images, 16, seed=0, hflip=True, device=CUDA))
+    assert batch.device.type == "cuda" and batch.dtype == torch.float32
+    assert batch.min() >= -1 and batch.max() <= 1
