@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean device-kit
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,3 +27,17 @@ test: $(VENV)/.installed
 
 clean:
 	rm -rf runs .pytest_cache
+
+# What a session on the GPU machine carries (it has torch, torchvision, torchdiffeq but no
+# package index): wheels of the pure-Python dependencies it lacks, in .whl/, and the offline
+# data archives, in .data/. Both folders are git-ignored; name them in the device call's
+# `carry`. The commands that use them are in genkit/bench/suite.py.
+DEVICE_WHEELS ?= diffusers==0.42.1 importlib_metadata==10.2.0 lazy-importer==0.1.0 tyro==1.0.17 \
+	docstring_parser==0.18.0 typeguard==4.6.0 typing_extensions==4.16.0 torch_fidelity==0.4.0
+SHARED_DATA ?= ../shared/data
+
+device-kit:
+	mkdir -p .whl .data
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 -d .whl $(DEVICE_WHEELS)
+	cp -r $(SHARED_DATA)/mnist $(SHARED_DATA)/cifar10_jpg.tar.gz .data/

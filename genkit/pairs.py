@@ -271,7 +271,8 @@ class PairStream:
     ``world_size`` and rank ``r`` takes its entries ``r, r + world_size, ...`` (ranks get
     disjoint pairs and the same number of batches). Batches never cross shards: each
     shard gives ``(len // world_size) // batch_size`` batches, the rest is skipped. One
-    shard at a time is held in host memory, in its stored dtype.
+    shard at a time is held, in its stored dtype, on ``device`` (with its permutation), so a
+    step makes no host-to-device copy; memory stays at one shard however many there are.
 
     ``state_dict() == {"epoch": e, "shard": s, "index": i}``: the next batch is batch ``i``
     of the ``s``-th shard visited in epoch ``e``; :meth:`load_state_dict` resumes exactly.
@@ -337,7 +338,7 @@ class PairStream:
         if self._indices_key != (epoch, k):
             g = torch.Generator().manual_seed(derive_seed(self.seed, "pair-order", epoch, k))
             perm = torch.randperm(self.info.shard_len(k), generator=g)
-            self._indices = perm[self.rank : self._per_rank[k] * self.world_size : self.world_size]
+            self._indices = perm[self.rank : self._per_rank[k] * self.world_size : self.world_size].to(self.device)
             self._indices_key = (epoch, k)
         return self._indices
 
@@ -346,7 +347,7 @@ class PairStream:
             from safetensors.torch import load_file
 
             self._data = {}  # release the previous shard before reading the next one
-            self._data = load_file(str(self.path / shard_name(k)))
+            self._data = load_file(str(self.path / shard_name(k)), device=str(self.device))
             self._loaded_k = k
         return self._data
 
@@ -360,10 +361,7 @@ class PairStream:
         start = self.index * self.batch_size
         idx = self._rank_indices(self.epoch, k)[start : start + self.batch_size]
         data = self._load(k)
-        batch = Pairs(
-            x_0=data["x_0"][idx].to(self.device, torch.float32),
-            x_1=data["x_1"][idx].to(self.device, torch.float32),
-        )
+        batch = Pairs(x_0=data["x_0"][idx].float(), x_1=data["x_1"][idx].float())  # on the device already
         self.index += 1
         return batch
 

@@ -71,3 +71,38 @@ def test_image_stream_lives_on_the_gpu():
     batch = next(ImageStream(images, 16, seed=0, hflip=True, device=CUDA))
     assert batch.device.type == "cuda" and batch.dtype == torch.float32
     assert batch.min() >= -1 and batch.max() <= 1
+
+
+def _no_sync_between(first: int, last: int):
+    """A Trainer callback: CUDA synchronisations raise from step ``first`` until step ``last``."""
+
+    def cb(trainer):
+        if trainer.step == first:
+            torch.cuda.set_sync_debug_mode("error")
+        if trainer.step == last:
+            torch.cuda.set_sync_debug_mode("default")
+
+    return cb
+
+
+@pytest.mark.parametrize("data", ["images", "pairs"])
+def test_a_training_step_never_waits_for_the_gpu(tmp_path, data):
+    """Between log and checkpoint steps nothing copies to the host or synchronises: the
+    CPU queues the next step while the GPU runs this one (hflipped images and reflow pairs)."""
+    from genkit.pairs import PairStream, generate_pairs
+
+    net = small_unet()
+    if data == "images":
+        stream = ImageStream(torch.randint(0, 256, (512, 1, 28, 28), dtype=torch.uint8), 32, seed=0, hflip=True,
+                             device=CUDA)
+    else:
+        generate_pairs(lambda x, t: -x, tmp_path / "pairs", n=256, shape=(1, 28, 28), seed=0, method="euler", steps=2,
+                       batch_size=128, shard_size=128, device=CUDA, progress=False)
+        stream = PairStream(tmp_path / "pairs", 32, seed=0, device=CUDA)
+    cfg = TrainConfig(steps=20, batch_size=32, log_every=1000, sample_every=0, checkpoint_every=0, grad_clip=1.0,
+                      tensorboard=False, progress=False, warmup_steps=5)
+    try:
+        Trainer({"model": net}, {"model": adam(net.parameters(), lr=1e-4)}, FlowMatching(AffinePath(LinearSchedule())),
+                stream, cfg, run_dir=None, recipe="test", run_config={}, callbacks=[_no_sync_between(3, 19)]).fit()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -166,10 +166,12 @@ class ImageStream:
     ``DistributedSampler(num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
     drop_last=True)`` after ``set_epoch(epoch)``. An epoch yields ``len(shard) // batch_size``
     batches (the remainder is skipped; batches never cross epochs). With ``hflip=True``
-    each image is flipped horizontally with probability 1/2, drawn from a CPU generator
-    seeded with ``derive_seed(seed, "hflip", rank, epoch, index)``, so batches do not depend
-    on the device and resuming needs only ``state_dict() == {"epoch": e, "index": i}``
-    (``i`` = batches already taken in epoch ``e``).
+    each image is flipped horizontally with probability 1/2; an epoch's flips are drawn at
+    once, ``(batches, batch_size)``, from a CPU generator seeded with
+    ``derive_seed(seed, "hflip", rank, epoch)``, so batches do not depend on the device and
+    resuming needs only ``state_dict() == {"epoch": e, "index": i}`` (``i`` = batches already
+    taken in epoch ``e``). Order and flips move to the device once per epoch: a step makes
+    no host-to-device copy, hence no synchronisation of a CUDA device.
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class ImageStream:
         self.index = 0
         self._order_epoch = -1
         self._order = torch.empty(0, dtype=torch.long)
+        self._flips = torch.empty(0, dtype=torch.bool)
 
     def epoch_indices(self, epoch: int) -> Tensor:
         """This rank's image indices for ``epoch``: ``(len(shard),)`` int64 on the CPU."""
@@ -224,13 +227,15 @@ class ImageStream:
         """The next batch: ``(batch_size, C, H, W)`` float32 in [-1, 1] on ``device``."""
         if self._order_epoch != self.epoch:
             self._order = self.epoch_indices(self.epoch).to(self.device)
+            if self.hflip:
+                seed = derive_seed(self.seed, "hflip", self.rank, self.epoch)
+                flips = torch.rand(self.batches_per_epoch, self.batch_size, generator=torch.Generator().manual_seed(seed))
+                self._flips = (flips < 0.5).to(self.device)
             self._order_epoch = self.epoch
         start = self.index * self.batch_size
         batch = self.images[self._order[start : start + self.batch_size]]
         if self.hflip:
-            seed = derive_seed(self.seed, "hflip", self.rank, self.epoch, self.index)
-            flip = torch.rand(self.batch_size, generator=torch.Generator().manual_seed(seed)) < 0.5
-            flip = flip.to(self.device).view(-1, 1, 1, 1)
+            flip = self._flips[self.index].view(-1, 1, 1, 1)  # (batch_size, 1, 1, 1)
             batch = torch.where(flip, batch.flip(-1), batch)
         self.index += 1
         if self.index == self.batches_per_epoch:
