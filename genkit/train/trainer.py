@@ -82,6 +82,17 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        at_least = {"steps": 1, "batch_size": 1, "accumulate": 1, "log_every": 1, "grad_clip": 0, "warmup_steps": 0,
+                    "time_limit": 0, "sample_every": 0, "checkpoint_every": 0, "keep_checkpoints": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value < low:
+                flag = "--train." + name.replace("_", "-")
+                raise GenkitError(f"{flag} must be >= {low}, got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise GenkitError(f"--train.ema-decay must be in [0, 1), got {self.ema_decay}")
+
     def micro_batch_size(self, world_size: int = 1) -> int:
         """Per-process batch of one micro-step; a one-line error if it does not divide."""
         parts = world_size * self.accumulate

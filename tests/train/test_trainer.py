@@ -231,3 +231,14 @@ def test_time_limit_ends_the_run_and_counts_over_resumes(tmp_path):
 def test_time_limit_does_not_cut_a_run_that_reaches_its_steps(tmp_path):
     result = flow_trainer(tmp_path, 5, time_limit=10.0).fit()
     assert result.step == 5 and not result.time_limit_reached
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("time_limit", -1.0, "--train.time-limit must be >= 0"),
+    ("steps", 0, "--train.steps must be >= 1"),
+    ("grad_clip", -0.5, "--train.grad-clip must be >= 0"),
+    ("ema_decay", 1.0, r"--train.ema-decay must be in \[0, 1\)"),
+])
+def test_bad_train_settings_are_one_line_errors(field, value, message):
+    with pytest.raises(GenkitError, match=message):
+        TrainConfig(**{field: value})
