@@ -205,8 +205,12 @@ class RunFolder:
     step: int
 
 
-def open_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], T]) -> RunFolder:
-    """Read ``run_dir/config.json`` (written by ``recipe``) back into its frozen config; one-line errors."""
+def open_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], T], *, step: int | None = None) -> RunFolder:
+    """Read ``run_dir/config.json`` (written by ``recipe``) back into its frozen config; one-line errors.
+
+    ``step``: the checkpoint of that Trainer step (``None``: the latest); a step without a
+    checkpoint is a one-line error naming the steps that have one.
+    """
     from genkit.train import checkpoint as ckpt
 
     run_dir = Path(run_dir)
@@ -219,9 +223,14 @@ def open_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], T]) -> R
     default = config_cls()
     fields = {f.name for f in dataclasses.fields(default)}
     config = apply_overrides(default, {k: v for k, v in card.items() if k in fields})  # the card also holds recipe, shape
-    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
+    found = ckpt.list_checkpoints(run_dir / "checkpoints")
+    if not found:
         raise GenkitError(f"{run_dir} has no checkpoint yet: train it first")
+    path = found[-1] if step is None else run_dir / "checkpoints" / ckpt.step_dir_name(step)
+    if path not in found:
+        steps = ", ".join(str(ckpt.read_card(p)["step"]) for p in found)
+        raise GenkitError(f"{run_dir} has no checkpoint at step {step} (it has steps {steps}): pick one of these, "
+                          "or none for the latest")
     return RunFolder(config, tuple(card.get("shape", ())), path, int(ckpt.read_card(path)["step"]))
 
 

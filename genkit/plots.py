@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 
-__all__ = ["save_curves", "save_image_grid", "save_scatter", "save_trajectories"]
+__all__ = ["CurvePanel", "save_curve_panels", "save_curves", "save_image_grid", "save_scatter", "save_trajectories"]
 
 PathLike = str | os.PathLike
 
@@ -83,20 +84,55 @@ def save_curves(
     title: str = "", logx: bool = False,
 ) -> None:
     """Line plot of named curves ``{label: (xs, ys)}`` with markers (e.g. FID against NFE)."""
-    if not curves or any(len(xs) != len(ys) or not xs for xs, ys in curves.values()):
-        raise GenkitError("save_curves needs at least one curve with as many xs as ys")
+    panel = CurvePanel(curves, xlabel=xlabel, ylabel=ylabel, logx=logx)
+    _check_panel(panel, "save_curves")
+    _save_figure(panel.draw, path, title)
 
-    def draw(ax) -> None:
-        for label, (xs, ys) in curves.items():
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of :func:`save_curve_panels`: named curves ``{label: (xs, ys)}`` and the axes' labels."""
+
+    curves: dict[str, tuple[list[float], list[float]]]
+    xlabel: str
+    ylabel: str
+    logx: bool = False
+    vlines: tuple[float, ...] = ()
+    """x positions marked by dashed vertical lines (e.g. a budget)"""
+    title: str = ""
+
+    def draw(self, ax) -> None:
+        for label, (xs, ys) in self.curves.items():
             ax.plot(xs, ys, marker="o", label=label)
-        if logx:
+        for x in self.vlines:
+            ax.axvline(x, color="0.4", ls="--", lw=1)
+        if self.logx:
             ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_xlabel(self.xlabel)
+        ax.set_ylabel(self.ylabel)
+        if self.title:
+            ax.set_title(self.title)
         ax.grid(True, alpha=0.3)
         ax.legend()
 
-    _save_figure(draw, path, title)
+
+def save_curve_panels(panels: Sequence[CurvePanel], path: PathLike, *, title: str = "") -> None:
+    """Side-by-side line plots in one PNG (e.g. FID against steps and against seconds), one per panel."""
+    if not panels:
+        raise GenkitError("save_curve_panels needs at least one panel")
+    for panel in panels:
+        _check_panel(panel, "save_curve_panels")
+
+    def draw(*axes) -> None:
+        for panel, ax in zip(panels, axes):
+            panel.draw(ax)
+
+    _save_figure(draw, path, title, panels=len(panels))
+
+
+def _check_panel(panel: CurvePanel, who: str) -> None:
+    if not panel.curves or any(len(xs) != len(ys) or not xs for xs, ys in panel.curves.values()):
+        raise GenkitError(f"{who} needs at least one curve with as many xs as ys")
 
 
 def save_image_grid(images: Tensor, path: PathLike, *, nrow: int | None = None) -> None:
@@ -123,16 +159,19 @@ def save_image_grid(images: Tensor, path: PathLike, *, nrow: int | None = None) 
         save_image(grid, tmp, nrow=nrow, padding=2, format="png")
 
 
-def _save_figure(draw: Callable, path: PathLike, title: str) -> None:
+def _save_figure(draw: Callable, path: PathLike, title: str, *, panels: int = 1) -> None:
+    """``draw(ax_1, ..., ax_panels)`` on a row of 5 x 5 inch axes, then an atomic PNG write."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 5), dpi=100)
+    fig = Figure(figsize=(5 * panels, 5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    draw(ax)
-    if title:
-        ax.set_title(title)
+    axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+    draw(*axes)
+    if title and panels == 1:
+        axes[0].set_title(title)
+    elif title:
+        fig.suptitle(title)
     fig.tight_layout()
     with _atomic_png(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -16,6 +16,7 @@ size, and ranks can split the indices with ``start`` and merge their :class:`Fea
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from dataclasses import dataclass
@@ -352,6 +353,9 @@ class FIDConfig:
     device: str = "auto"
     stats_dir: Path | None = None
     """where reference statistics are cached as .npz (default: <data root>/fid_stats)"""
+    checkpoints: Literal["latest", "all", "missing"] | tuple[int, ...] = "latest"
+    """latest; or a FID curve over checkpoints (fid_curve.json, fid_curve.png): all, those fid_curve.json
+    lacks (missing), or these Trainer steps. A curve takes one --nfe; eval.json gets the latest's numbers"""
 
 
 def _extractor(cfg: FIDConfig, device: torch.device):
@@ -383,36 +387,61 @@ def reference_stats(data, split: str, extractor, *, n: int, batch_size: int, sta
     return mu, sigma, count
 
 
-def evaluate_fid(cfg: FIDConfig) -> dict[str, float | int | str]:
-    """Run the evaluation described by ``cfg``; returns the flat ``fid_*`` entries for eval.json."""
-    import time
+def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> dict[str, float | int | str]:
+    """Run the evaluation described by ``cfg``; returns the flat ``fid_*`` entries for eval.json.
 
+    ``extractor``: the feature network (``None``: the one ``cfg.features`` names). With ``cfg.checkpoints``
+    other than ``"latest"`` the checkpoints' FIDs also go to the run's ``fid_curve.json`` and
+    ``fid_curve.png`` (:func:`genkit.eval.compare.extend_curve`); the entries returned are then the latest
+    checkpoint's if it was among them, else none. Reference statistics are computed (or read) once.
+    """
     from genkit.cli import resolve_device
-    from genkit.eval.runs import load_eval_run
+    from genkit.eval.runs import checkpoint_steps, load_eval_run
 
     device = resolve_device(cfg.device)
     run = load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema")
     if len(run.shape) != 3:
         raise GenkitError(f"FID needs an image model; {cfg.run} makes samples of shape {list(run.shape)} (2-D runs report energy distance in eval.json)")
-    extractor = _extractor(cfg, device)
+    is_flow = getattr(run, "is_flow", True)
+    nfes = cfg.nfe if is_flow else (1,)
+    steps = _curve_steps(cfg, checkpoint_steps(cfg.run), is_flow)
+    extractor = extractor if extractor is not None else _extractor(cfg, device)
     mu_ref, sigma_ref, n_ref = reference_stats(run.data, cfg.ref, extractor, n=cfg.n, batch_size=cfg.batch_size,
                                                stats_dir=cfg.stats_dir, device=device)
     key = f"fid_{cfg.features}"
-    out: dict[str, float | int | str] = {}
-    is_flow = getattr(run, "is_flow", True)
-    for nfe in cfg.nfe if is_flow else (1,):
+    provenance: dict[str, str | int] = {
+        "extractor": extractor.name, "ref": f"{run.data.dataset}:{cfg.ref}", "n": cfg.n, "n_ref": n_ref,
+        "solver": cfg.solver if is_flow else "generator", "weights": cfg.weights, "seed": cfg.seed}
+
+    def fid_of(loaded, nfe: int) -> tuple[float, float]:
+        """(FID, seconds of sampling and features) of one loaded checkpoint at ``nfe`` solver steps (flows)."""
         start = time.perf_counter()
-        sampler = run.sampler(method=cfg.solver, steps=nfe, device=device) if is_flow else run.sampler(device=device)
+        sampler = loaded.sampler(method=cfg.solver, steps=nfe, device=device) if is_flow else loaded.sampler(device=device)
         stats = sampler_stats(sampler, cfg.n, extractor, seed=cfg.seed, batch_size=cfg.batch_size)
-        out[f"{key}_nfe{nfe}" if is_flow else key] = frechet_distance(stats.mean(), stats.cov(), mu_ref, sigma_ref)
-        out[f"{key}_seconds_nfe{nfe}" if is_flow else f"{key}_seconds"] = round(time.perf_counter() - start, 2)
+        return frechet_distance(stats.mean(), stats.cov(), mu_ref, sigma_ref), round(time.perf_counter() - start, 2)
+
+    if steps is None:
+        results = {nfe: fid_of(run, nfe) for nfe in nfes}
+    else:
+        from genkit.eval.compare import extend_curve
+
+        def fid_at(step: int) -> tuple[float, float]:
+            loaded = run if step == run.step else load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema", step=step)
+            return fid_of(loaded, nfes[0])
+
+        settings = {"metric": key, **provenance, "nfe": nfes[0] if is_flow else None}
+        done = extend_curve(cfg.run, settings, steps, fid_at, only_missing=cfg.checkpoints == "missing")
+        if run.step not in done:
+            return {}  # the latest checkpoint was not evaluated: eval.json keeps what it has
+        results = {nfes[0]: done[run.step]}
+    out: dict[str, float | int | str] = {}
+    for nfe, (fid, seconds) in results.items():
+        out |= {f"{key}_nfe{nfe}": fid, f"{key}_seconds_nfe{nfe}": seconds} if is_flow else {key: fid, f"{key}_seconds": seconds}
     if cfg.floor:
         mu_tr, sigma_tr, _ = reference_stats(run.data, "train", extractor, n=cfg.n, batch_size=cfg.batch_size,
                                              stats_dir=cfg.stats_dir, device=device)
         out[f"{key}_floor_train_vs_{cfg.ref}"] = frechet_distance(mu_tr, sigma_tr, mu_ref, sigma_ref)
-    out |= {f"{key}_extractor": extractor.name, f"{key}_ref": f"{run.data.dataset}:{cfg.ref}", f"{key}_n": cfg.n,
-            f"{key}_n_ref": n_ref, f"{key}_solver": cfg.solver if is_flow else "generator", f"{key}_weights": cfg.weights,
-            f"{key}_seed": cfg.seed}
+    out |= {f"{key}_{name}": value for name, value in provenance.items()}
     if is_flow and len(cfg.nfe) > 1:
         from genkit.plots import save_curves
 
@@ -421,6 +450,25 @@ def evaluate_fid(cfg: FIDConfig) -> dict[str, float | int | str]:
                     Path(cfg.run) / f"fid_{cfg.features}_vs_nfe.png", xlabel="NFE", ylabel=f"FID ({extractor.name}, N={cfg.n})",
                     title=f"{run.data.dataset}: FID against NFE", logx=True)
     return out
+
+
+def _curve_steps(cfg: FIDConfig, available: list[int], is_flow: bool) -> list[int] | None:
+    """The Trainer steps ``cfg.checkpoints`` asks a curve for (``None``: no curve, the latest checkpoint only).
+
+    ``missing`` is resolved against the run's fid_curve.json by :func:`genkit.eval.compare.extend_curve`.
+    """
+    if cfg.checkpoints == "latest":
+        return None
+    if is_flow and len(cfg.nfe) != 1:
+        raise GenkitError(f"a FID curve over checkpoints takes one --nfe, got {' '.join(map(str, cfg.nfe))}: "
+                          "run it once per NFE")
+    if cfg.checkpoints in ("all", "missing"):
+        return available
+    absent = sorted(set(cfg.checkpoints) - set(available))
+    if absent:
+        raise GenkitError(f"{cfg.run} has no checkpoint at step {', '.join(map(str, absent))} (it has steps "
+                          f"{', '.join(map(str, available))}): pass --checkpoints steps from that list, all or missing")
+    return sorted(set(cfg.checkpoints))
 
 
 def main(argv: list[str] | None = None) -> int:

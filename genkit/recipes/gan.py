@@ -347,8 +347,9 @@ class LoadedGAN:
 
 
 def load_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], C], *, device: str | torch.device = "cpu",
-             ema: bool = True) -> LoadedGAN:
-    """Rebuild a GAN run's generator from its config.json and load its latest (EMA) weights."""
-    run = open_run(run_dir, recipe, config_cls)
+             ema: bool = True, step: int | None = None) -> LoadedGAN:
+    """Rebuild a GAN run's generator from its config.json and load the (EMA) weights of checkpoint
+    ``step`` (a Trainer step; ``None``: the latest)."""
+    run = open_run(run_dir, recipe, config_cls, step=step)
     generator = load_network(run, recipe, "generator", build_generator(run.config.model, run.shape), ema=ema, device=device)
     return LoadedGAN(generator, run.config, run.shape, run.step)

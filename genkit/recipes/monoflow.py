@@ -132,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return gan.main(RECIPE, MonoFlowConfig, players, argv, description=__doc__.split("\n\n")[0])
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> LoadedGAN:
-    """A MonoFlow run's (EMA) generator; ``.sampler()`` draws ``(n, *shape)`` samples."""
-    return gan.load_run(run_dir, RECIPE, MonoFlowConfig, device=device, ema=ema)
+def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True,
+             step: int | None = None) -> LoadedGAN:
+    """A MonoFlow run's (EMA) generator at checkpoint ``step`` (``None``: the latest); ``.sampler()`` draws
+    ``(n, *shape)`` samples."""
+    return gan.load_run(run_dir, RECIPE, MonoFlowConfig, device=device, ema=ema, step=step)
 
 
 if __name__ == "__main__":

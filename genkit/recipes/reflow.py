@@ -221,9 +221,11 @@ class LoadedRun:
         return FlowDensity(self.field, self.shape, **options)
 
 
-def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> LoadedRun:
-    """Rebuild a reflow run's network from its config.json and load its latest (EMA) weights."""
-    run = open_run(run_dir, RECIPE, ReflowConfig)
+def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True,
+             step: int | None = None) -> LoadedRun:
+    """Rebuild a reflow run's network from its config.json and load the (EMA) weights of checkpoint
+    ``step`` (``None``: the latest)."""
+    run = open_run(run_dir, RECIPE, ReflowConfig, step=step)
     net = load_network(run, RECIPE, "model", build_field(run.config.model, run.shape), ema=ema, device=device)
     return LoadedRun(net, run.config, run.shape, run.step)
 

@@ -41,13 +41,22 @@ _DDP_STOP_CHECK = 10  # steps between the ranks' agreement on stopping (see Trai
 
 
 class _Clock:
-    """Seconds of training: those before this ``fit`` plus the wall time since it began."""
+    """Seconds of training: those before this ``fit`` plus the wall time since it began,
+    less the time spent inside :meth:`paused` (snapshots, checkpoint writes)."""
 
     def __init__(self, before: float) -> None:
         self.before, self.t0 = before, time.perf_counter()
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.t0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - t
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,8 @@ class TrainConfig:
     """total optimizer steps of the run (a resumed run continues to this number)"""
     time_limit: float = 0.0
     """end the run after this many minutes of training, summed over resumes, even before
-    ``steps`` (0: no limit); the run then ends as if it had reached ``steps``"""
+    ``steps`` (0: no limit); the run then ends as if it had reached ``steps``. Snapshots and
+    checkpoint writes do not count: equal limits give equal time to the training steps"""
     batch_size: int = 256
     """global batch per step: split over ranks and accumulation micro-steps"""
     accumulate: int = 1
@@ -113,7 +123,7 @@ class TrainResult:
     time_limit_reached: bool = False
     """ended by ``TrainConfig.time_limit`` before ``steps`` (the run is complete)"""
     train_seconds: float = 0.0
-    """wall time spent training, summed over resumes"""
+    """wall time spent training (snapshots and checkpoint writes excluded), summed over resumes"""
 
     def eval_fields(self) -> dict[str, float | int | bool]:
         """What every recipe records about its training in ``eval.json``."""
@@ -169,7 +179,7 @@ class Trainer:
         self.update_every = {n: 1 for n in self.optimizers} | dict(update_every or {})
         self.snapshot, self.callbacks = snapshot, list(callbacks)
         self.step = 0
-        self.train_seconds = 0.0  # wall time spent in fit's loop, summed over resumes
+        self.train_seconds = 0.0  # wall time of training steps (not snapshots or saves), summed over resumes
         self.device = next(iter(self.models.values())).parameters().__next__().device
         self._check_update_every()
 
@@ -246,10 +256,12 @@ class Trainer:
                 if self.snapshot is not None and self.dist.is_main and (
                     (self.config.sample_every and self.step % self.config.sample_every == 0) or last
                 ):
-                    self.snapshot({n: e.module for n, e in self.ema.items()}, self.step)
+                    with clock.paused():
+                        self.snapshot({n: e.module for n, e in self.ema.items()}, self.step)
                 if (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0) or last or stop:
                     self.train_seconds = clock.seconds()
-                    saved = self.save()
+                    with clock.paused():
+                        saved = self.save()
                 if stop:
                     return TrainResult(self.step, True, saved, train_seconds=self.train_seconds)
             self.train_seconds = clock.seconds()

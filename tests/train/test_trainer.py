@@ -242,3 +242,15 @@ def test_time_limit_does_not_cut_a_run_that_reaches_its_steps(tmp_path):
 def test_bad_train_settings_are_one_line_errors(field, value, message):
     with pytest.raises(GenkitError, match=message):
         TrainConfig(**{field: value})
+
+
+def test_train_seconds_leave_out_snapshots(tmp_path):
+    import time
+
+    def slow_snapshot(models, step):
+        time.sleep(0.5)
+
+    trainer = flow_trainer(tmp_path, 4, sample_every=1)
+    trainer.snapshot = slow_snapshot
+    result = trainer.fit()
+    assert result.train_seconds < 1.0  # four snapshots slept 2 s: not counted

@@ -1,0 +1,226 @@
+"""FID over checkpoints (python -m genkit.eval.fid --checkpoints) and run comparison (python -m genkit.eval.compare).
+
+Tiny image runs (8x8 ImageFolder) of WGAN-GP and rectified flow keep every checkpoint; FID uses a stub
+feature extractor (per-channel mean and std), so no classifier or Inception network is trained or loaded.
+The comparison's selection logic is checked on fid_curve.json files written by hand.
+"""
+
+import json
+import stat
+
+import pytest
+import torch
+
+from genkit.cli import run_main
+from genkit.errors import GenkitError
+from genkit.eval import compare, fid
+from genkit.eval.runs import RUN_LOADERS, SAMPLED_MODELS, checkpoint_steps, load_eval_run
+from genkit.recipes import reflow, reflow_gan
+
+CRITIC_STEPS = 2  # the generator steps on every 2nd Trainer step
+COMMON = ["--data.dataset", "imagefolder", "--device", "cpu", "--train.no-tensorboard", "--train.no-progress",
+          "--train.batch-size", "8", "--train.checkpoint-every", "2", "--train.keep-checkpoints", "0",
+          "--train.sample-every", "0"]
+
+
+class ChannelMoments:
+    """Stub extractor: uint8 (B, C, H, W) -> (B, 2C) per-channel mean and std in [0, 1]."""
+
+    name, dim = "stub:channel-moments", 6
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+@pytest.fixture(scope="module")
+def runs(image_folder, tmp_path_factory):
+    """(work folder, WGAN-GP run with checkpoints at steps 2, 4, 6, flow run with checkpoints at 1, 2)."""
+    root = tmp_path_factory.mktemp("curve_runs")
+    gan, flow = root / "wgan", root / "flow"
+    common = [*COMMON, "--data.root", str(image_folder)]
+    assert run_main(reflow_gan.main, [*common, "--out", str(gan), "--objective.kind", "wgan_gp", "--objective.critic-steps",
+                                      str(CRITIC_STEPS), "--model.latent-dim", "4", "--model.g-width", "8", "--model.d-width",
+                                      "8", "--train.steps", "6"]) == 0
+    assert run_main(reflow.main, [*common, "--out", str(flow), "--model.unet-channels", "16", "32", "--model.unet-layers", "1",
+                                  "--train.steps", "2", "--train.checkpoint-every", "1", "--sample.steps", "2",
+                                  "--sample.nfe", "1", "--sample.n-straightness", "4", "--sample.n-snapshot", "4"]) == 0
+    return root, gan, flow
+
+
+def fid_config(root, run, **kw):
+    return fid.FIDConfig(run=run, n=16, batch_size=8, device="cpu", stats_dir=root / "stats", **kw)
+
+
+def test_load_eval_run_at_a_step(runs):
+    _, gan, _ = runs
+    assert set(SAMPLED_MODELS) == set(RUN_LOADERS)  # every evaluable recipe says which network it samples
+    assert checkpoint_steps(gan) == [2, 4, 6]
+    assert load_eval_run(gan, device=torch.device("cpu"), step=4).step == 4
+    assert load_eval_run(gan, device=torch.device("cpu")).step == 6  # None: the latest
+    with pytest.raises(GenkitError, match=r"no checkpoint at step 5 \(it has steps 2, 4, 6\)") as e:
+        load_eval_run(gan, device=torch.device("cpu"), step=5)
+    assert "\n" not in str(e.value)
+
+
+def test_gan_curve_has_every_checkpoint(runs):
+    root, gan, _ = runs
+    out = fid.evaluate_fid(fid_config(root, gan, checkpoints="all"), extractor=ChannelMoments())
+    curve = compare.read_curve(gan)
+    steps = [p.step for p in curve.points]
+    assert steps == [2, 4, 6]
+    assert [p.generator_steps for p in curve.points] == [s // CRITIC_STEPS for s in steps]  # truthful generator steps
+    seconds = [p.train_seconds for p in curve.points]
+    assert all(s is not None and s > 0 for s in seconds) and seconds == sorted(seconds)
+    assert all(p.fid >= 0 for p in curve.points)
+    assert curve.settings == {"metric": "fid_inception", "extractor": "stub:channel-moments", "ref": "imagefolder:test",
+                              "n": 16, "n_ref": 16, "solver": "generator", "nfe": None, "weights": "ema", "seed": 0}
+    assert (gan / "fid_curve.png").stat().st_size > 0
+    # the latest checkpoint's entries are the ones the default (latest-only) command gives: same noise, same weights
+    latest = fid.evaluate_fid(fid_config(root, gan), extractor=ChannelMoments())
+    assert out["fid_inception"] == latest["fid_inception"] == curve.points[-1].fid
+    assert out == latest | {"fid_inception_seconds": out["fid_inception_seconds"]}
+
+
+def test_curve_of_some_steps_merges_and_leaves_eval_json(runs):
+    root, gan, _ = runs
+    (gan / compare.CURVE_FILE).unlink(missing_ok=True)
+    fid.evaluate_fid(fid_config(root, gan, checkpoints=(2, 6)), extractor=ChannelMoments())
+    first = compare.read_curve(gan)
+    eval_json = (gan / "eval.json").read_text()
+    assert fid.evaluate_fid(fid_config(root, gan, checkpoints=(4,)), extractor=ChannelMoments()) == {}  # not the latest
+    assert (gan / "eval.json").read_text() == eval_json
+    merged = compare.read_curve(gan)
+    assert [p.step for p in merged.points] == [2, 4, 6]
+    assert (merged.points[0], merged.points[2]) == first.points  # kept, not recomputed
+    # "missing" evaluates nothing more; other settings replace the file
+    assert fid.evaluate_fid(fid_config(root, gan, checkpoints="missing"), extractor=ChannelMoments()) == {}
+    assert compare.read_curve(gan) == merged
+    fid.evaluate_fid(fid_config(root, gan, checkpoints=(4,), seed=1), extractor=ChannelMoments())
+    assert [p.step for p in compare.read_curve(gan).points] == [4]
+    fid.evaluate_fid(fid_config(root, gan, checkpoints="missing", seed=1), extractor=ChannelMoments())
+    assert [p.step for p in compare.read_curve(gan).points] == [2, 4, 6]
+
+
+def test_flow_curve_counts_flow_steps(runs):
+    root, _, flow = runs
+    out = fid.evaluate_fid(fid_config(root, flow, checkpoints="all", nfe=(1,)), extractor=ChannelMoments())
+    curve = compare.read_curve(flow)
+    assert [(p.step, p.generator_steps) for p in curve.points] == [(1, 1), (2, 2)]
+    assert curve.settings["solver"] == "euler" and curve.settings["nfe"] == 1
+    assert out["fid_inception_nfe1"] == curve.points[-1].fid
+    with pytest.raises(GenkitError, match="takes one --nfe"):
+        fid.evaluate_fid(fid_config(root, flow, checkpoints="all", nfe=(1, 2)), extractor=ChannelMoments())
+
+
+def test_fid_cli_missing_checkpoint_is_one_line(runs, capsys):
+    _, gan, _ = runs
+    code = run_main(fid.main, ["--run", str(gan), "--checkpoints", "2", "3", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "no checkpoint at step 3 (it has steps 2, 4, 6)" in err
+
+
+def test_fid_cli_parses_checkpoints():
+    import tyro
+
+    parse = lambda *a: tyro.cli(fid.FIDConfig, args=["--run", "r", *a]).checkpoints  # noqa: E731
+    assert parse() == "latest" and parse("--checkpoints", "all") == "all" and parse("--checkpoints", "missing") == "missing"
+    assert parse("--checkpoints", "1000", "2000") == (1000, 2000)
+
+
+# ---- compare, on curves written by hand -------------------------------------------------------------------
+SETTINGS = {"metric": "fid_classifier", "extractor": "classifier:mnist", "ref": "mnist:test", "n": 10000,
+            "n_ref": 10000, "solver": "generator", "nfe": None, "weights": "ema", "seed": 0}
+
+
+def fake_run(folder, card, points, settings=SETTINGS):
+    """A run folder with config.json and a fid_curve.json of (step, generator_steps, train_seconds, fid) points."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(card))
+    rows = [dict(step=s, generator_steps=g, train_seconds=t, fid=f, sample_seconds=1.0) for s, g, t, f in points]
+    (folder / "fid_curve.json").write_text(json.dumps({"settings": settings, "points": rows}))
+    return folder
+
+
+@pytest.fixture
+def three_runs(tmp_path):
+    mono = fake_run(tmp_path / "mono", {"recipe": "monoflow", "objective": {"h": "identity", "form": "direct"}},
+                    [(1000, 1000, 10.0, 50.0), (2000, 2000, 20.0, 40.0), (3000, 3000, 30.0, 30.0)])
+    wgan = fake_run(tmp_path / "wgan", {"recipe": "reflow_gan", "objective": {"kind": "wgan_gp", "critic_steps": 5}},
+                    [(5000, 1000, 25.0, 45.0), (10000, 2000, 50.0, 35.0)])
+    mono_ls = fake_run(tmp_path / "mono_ls", {"recipe": "monoflow", "objective": {"h": "log_sigmoid", "form": "direct"}},
+                       [(1000, 1000, 12.0, 48.0), (2000, 2000, 24.0, 38.0), (3000, 3000, 36.0, 28.0),
+                        (4000, 4000, 48.0, 20.0)])
+    return mono, wgan, mono_ls
+
+
+def test_compare_picks_equal_steps_and_equal_time(three_runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run_main(compare.main, ["--runs", *map(str, three_runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "comparison.md").read_text()
+    result = json.loads((out / "comparison.json").read_text())
+    # the largest generator-step count all reached: min(3000, 2000, 4000); the largest time all reached: min(30, 50, 48)
+    assert result["budgets"] == [{"axis": "generator_steps", "value": 2000}, {"axis": "train_seconds", "value": 30.0}]
+    labels = [r["label"] for r in result["runs"]]
+    assert labels == ["MonoFlow h=identity", "WGAN-GP", "MonoFlow h=log_sigmoid"]
+    at_steps = [r["at_budgets"][0] for r in result["runs"]]
+    assert [(p["generator_steps"], p["fid"]) for p in at_steps] == [(2000, 40.0), (2000, 35.0), (2000, 38.0)]
+    # equal time: each run's last checkpoint at or before 30 s: 30 s (Trainer step 3000), 25 s (step 5000), 24 s (step 2000)
+    at_time = [r["at_budgets"][1] for r in result["runs"]]
+    assert [(p["step"], p["train_seconds"], p["fid"]) for p in at_time] == [(3000, 30.0, 30.0), (5000, 25.0, 45.0),
+                                                                             (2000, 24.0, 38.0)]
+    assert [r["final"]["fid"] for r in result["runs"]] == [30.0, 35.0, 20.0]
+    table = printed.splitlines()
+    head = "| run | FID @ 2,000 generator steps | FID @ 30 s | final FID | generator steps | Trainer steps | train seconds |"
+    assert head in table
+    assert "| WGAN-GP | 35 (2,000) | 45 (25 s) | 35 | 2,000 | 10,000 | 50 s |" in table
+    png = out / "comparison.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and stat.S_IMODE(png.stat().st_mode) == 0o644
+
+
+def test_compare_extra_budgets_and_untimed_runs(tmp_path):
+    flow = SETTINGS | {"solver": "euler", "nfe": 100}
+    timed = fake_run(tmp_path / "a", {"recipe": "reflow", "stage": "rf"}, [(100, 100, 5.0, 9.0), (200, 200, 10.0, 7.0)],
+                     settings=flow)
+    untimed = fake_run(tmp_path / "b", {"recipe": "reflow", "stage": "rf"}, [(100, 100, None, 8.0), (300, 300, None, 6.0)],
+                       settings=flow)
+    c = compare.compare_runs([timed, untimed], steps=(100, 250), seconds=(7.5,))
+    # the common budgets (200 generator steps; 10 s, from the timed run alone) and the extra ones, in order
+    assert c.budgets == (("generator_steps", 100), ("generator_steps", 200), ("generator_steps", 250),
+                         ("train_seconds", 7.5), ("train_seconds", 10.0))
+    assert [p.step for p in c.picks[1][:3]] == [100, 100, 100]  # the untimed run at 100, 200, 250 generator steps
+    assert c.picks[0][2].step == 200 and c.picks[0][3].step == 100 and c.picks[1][4] is None
+    # equal labels get the folder name
+    assert [r.label for r in c.runs] == ["rectified flow, euler 100 NFE [a]", "rectified flow, euler 100 NFE [b]"]
+    compare.save_comparison(c, tmp_path / "out")
+    row = "| rectified flow, euler 100 NFE [b] | 8 (100) | 8 (100) | 8 (100) | n/a | n/a | 6 | 300 | 300 | n/a |"
+    assert row in (tmp_path / "out" / "comparison.md").read_text().splitlines()
+
+
+def test_compare_labels_and_errors(three_runs, tmp_path, capsys):
+    mono, wgan, _ = three_runs
+    c = compare.compare_runs([mono, wgan], ["h = identity", "WGAN-GP (5:1)"])
+    assert [r.label for r in c.runs] == ["h = identity", "WGAN-GP (5:1)"]
+    assert compare.run_label(fake_run(tmp_path / "p", {"recipe": "monoflow", "objective": {
+        "h": "arcsinh", "form": "particle", "d_steps": 1, "g_steps": 3}}, [])) == "MonoFlow h=arcsinh, particle, 3 G steps"
+    assert compare.run_label(fake_run(tmp_path / "r", {"recipe": "reflow_gan", "objective": {
+        "kind": "reflow_gan", "gp_weight": 1.0, "gp_center": None, "critic_steps": 1}}, [])) == \
+        "ReFlow-GAN, gp weight 1, 1:1"
+
+    def error(argv):
+        code = run_main(compare.main, [*argv, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+        return err
+
+    assert "one per run" in error(["--runs", str(mono), str(wgan), "--labels", "only-one"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(json.dumps({"recipe": "monoflow"}))
+    assert f"python -m genkit.eval.fid --run {bare} --checkpoints all" in error(["--runs", str(mono), str(bare)])
+    other = fake_run(tmp_path / "other", {"recipe": "reflow", "stage": "rf"}, [(1, 1, 1.0, 1.0)],
+                     settings=SETTINGS | {"extractor": "inception-v3-compat"})
+    assert "differ in extractor" in error(["--runs", str(mono), str(other)])
+    assert not (tmp_path / "x").exists()
