@@ -106,3 +106,16 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path, data):
                 stream, cfg, run_dir=None, recipe="test", run_config={}, callbacks=[_no_sync_between(3, 19)]).fit()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_compiling_is_not_training_time(tmp_path):
+    import time
+
+    net = small_unet()
+    cfg = TrainConfig(steps=5, batch_size=32, log_every=5, sample_every=0, checkpoint_every=0, compile=True,
+                      tensorboard=False, progress=False)
+    stream = ImageStream(torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8), 32, seed=0, device=CUDA)
+    t0 = time.perf_counter()
+    result = Trainer({"model": net}, {"model": adam(net.parameters(), lr=1e-4)}, FlowMatching(AffinePath(LinearSchedule())),
+                     stream, cfg, run_dir=None, recipe="test", run_config={}).fit()
+    assert result.train_seconds < 0.2 * (time.perf_counter() - t0)  # compiling the UNet takes most of the wall time

@@ -68,7 +68,8 @@ class TrainConfig:
     time_limit: float = 0.0
     """end the run after this many minutes of training, summed over resumes, even before
     ``steps`` (0: no limit); the run then ends as if it had reached ``steps``. Snapshots and
-    checkpoint writes do not count: equal limits give equal time to the training steps"""
+    checkpoint writes do not count, nor (with ``compile``) the first step of each set of updates
+    in a process, where compilation happens: equal limits give equal time to the training steps"""
     batch_size: int = 256
     """global batch per step: split over ranks and accumulation micro-steps"""
     accumulate: int = 1
@@ -238,8 +239,15 @@ class Trainer:
         try:
             # (the budget left at the start is read from the checkpoint, identical on every rank)
             out_of_time = self._out_of_time(self.train_seconds)
+            compiled: set[tuple[str, ...]] = set()
             while self.step < self.config.steps and not out_of_time:
-                self._train_step()
+                need = self._due()
+                # torch.compile compiles the graphs of a set of updates the first time it is run (in each
+                # process): that step is not counted as training time
+                first = self.config.compile and need not in compiled
+                with clock.paused() if first else contextlib.nullcontext():
+                    self._train_step(need)
+                compiled.add(need)
                 self.step += 1
                 bar.update(1)
                 for cb in self.callbacks:
@@ -290,9 +298,12 @@ class Trainer:
         return (distributed.any_rank(flags[0], self.dist, self.device),
                 distributed.any_rank(flags[1], self.dist, self.device))
 
-    def _train_step(self) -> None:
+    def _due(self) -> tuple[str, ...]:
+        """Names of the optimizers that step in the coming step (its update ratio divides it)."""
+        return tuple(sorted(n for n in self.optimizers if (self.step + 1) % self.update_every[n] == 0))
+
+    def _train_step(self, need: tuple[str, ...]) -> None:
         cfg = self.config
-        need = sorted(n for n in self.optimizers if (self.step + 1) % self.update_every[n] == 0)
         for n in need:
             self.optimizers[n].zero_grad(set_to_none=True)
         generator = torch.Generator(device=self.device)

@@ -254,3 +254,33 @@ def test_train_seconds_leave_out_snapshots(tmp_path):
     trainer.snapshot = slow_snapshot
     result = trainer.fit()
     assert result.train_seconds < 1.0  # four snapshots slept 2 s: not counted
+
+
+class SlowFirstCall(FlowMatching):
+    """Flow matching whose first call sleeps, as a step does while torch.compile compiles."""
+
+    def __init__(self):
+        super().__init__(AffinePath(LinearSchedule()))
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        import time
+
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(1.0)
+        return super().__call__(*args, **kwargs)
+
+
+class NoCompileMLP(VelocityMLP):
+    def compile(self, *args, **kwargs):  # stands in for torch.compile (slow on the CPU)
+        pass
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_train_seconds_leave_out_the_compiling_step(tmp_path, compile_):
+    model = NoCompileMLP(2, hidden=16, depth=1)
+    config = TrainConfig(steps=3, batch_size=8, compile=compile_, tensorboard=False, progress=False, sample_every=0)
+    result = Trainer({"model": model}, {"model": torch.optim.Adam(model.parameters())}, SlowFirstCall(),
+                     ToyStream("moons", 8, seed=0), config, run_dir=tmp_path, recipe="test", run_config={}).fit()
+    assert (result.train_seconds < 0.5) == compile_
