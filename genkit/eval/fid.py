@@ -34,6 +34,8 @@ from genkit.seeding import derive_seed
 if TYPE_CHECKING:
     from genkit.eval.features import FeatureExtractor
 
+Precision = Literal["fp32", "bf16"]
+
 __all__ = [
     "FeatureStats",
     "NoiseSampler",
@@ -249,9 +251,14 @@ def per_sample_noise(
 
 
 def iter_samples(
-    sampler: Sampler | NoiseSampler, n: int, *, seed: int, batch_size: int, start: int = 0
+    sampler: Sampler | NoiseSampler, n: int, *, seed: int, batch_size: int, start: int = 0,
+    precision: Precision = "fp32",
 ) -> Iterator[Tensor]:
-    """Samples ``start .. start + n - 1`` in batches of up to ``batch_size``: ``(b, ...)`` tensors.
+    """Samples ``start .. start + n - 1`` in batches of up to ``batch_size``: ``(b, ...)`` float32 tensors.
+
+    ``precision="bf16"`` runs the sampler under bf16 autocast on its device (the network in bf16, as
+    the recipes sample; an ODE solver's state stays float32); whatever the caller does with a batch
+    (e.g. feature extraction) runs outside it.
 
     A :class:`NoiseSampler` gets ``x_0`` from :func:`per_sample_noise` and is solved under
     ``torch.no_grad()``; the noise, hence each sample, does not depend on ``batch_size``
@@ -266,15 +273,16 @@ def iter_samples(
     if not with_noise and not isinstance(sampler, Sampler):
         raise GenkitError(f"{type(sampler).__name__} is not a Sampler: it needs sample(n, *, generator) or noise_shape + solve(x_0)")
     device = torch.device(getattr(sampler, "device", "cpu"))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for lo in range(start, start + n, batch_size):
         b = min(batch_size, start + n - lo)
-        with torch.no_grad():  # closed before the yield: the caller's grad mode is left alone
+        with torch.no_grad(), autocast:  # closed before the yield: the caller's modes are left alone
             if with_noise:
                 x = sampler.solve(per_sample_noise(b, tuple(sampler.noise_shape), seed=seed, start=lo, device=device)).x
             else:
                 gens = [torch.Generator(device=device).manual_seed(derive_seed(seed, "fid", i)) for i in range(lo, lo + b)]
                 x = torch.cat([sampler.sample(1, generator=g) for g in gens])
-        yield x
+        yield x.float()
 
 
 def sample_images(sampler: Sampler | NoiseSampler, n: int, *, seed: int, batch_size: int, start: int = 0) -> Tensor:
@@ -298,10 +306,12 @@ def sampler_stats(
     seed: int,
     batch_size: int,
     start: int = 0,
+    precision: Precision = "fp32",
 ) -> FeatureStats:
-    """Feature statistics of samples ``start .. start + n - 1``, streamed (no sample set is kept)."""
+    """Feature statistics of samples ``start .. start + n - 1``, streamed (no sample set is kept);
+    ``precision`` as in :func:`iter_samples` (features are always computed outside autocast)."""
     stats = FeatureStats()
-    for x in iter_samples(sampler, n, seed=seed, batch_size=batch_size, start=start):
+    for x in iter_samples(sampler, n, seed=seed, batch_size=batch_size, start=start, precision=precision):
         if x.dim() != 4:
             raise GenkitError(f"FID needs image samples (B, C, H, W), the sampler returned {tuple(x.shape)}")
         stats.update(extractor(to_uint8(x)))
@@ -327,7 +337,7 @@ class FIDConfig:
     """FID of a run's samples against a data split; merged into the run's eval.json.
 
     Every result records how it was made: extractor, reference split, N, solver, NFE, EMA or raw
-    weights, seed. ``--features classifier`` (FID-C) uses a genkit classifier's penultimate
+    weights, the sampling precision, seed. ``--features classifier`` (FID-C) uses a genkit classifier's penultimate
     features: an offline proxy that is NOT comparable to published Inception FID.
     """
 
@@ -349,6 +359,9 @@ class FIDConfig:
     """also report FID of the train split against the reference split (the data floor)"""
     batch_size: int = 500
     weights: Literal["ema", "raw"] = "ema"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """the sampling network's precision: auto = bf16 autocast on CUDA (as the recipes sample; the ODE
+    state stays float32), fp32 on the CPU. Features are computed in float32 either way"""
     seed: int = 0
     device: str = "auto"
     stats_dir: Path | None = None
@@ -409,15 +422,17 @@ def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> d
     mu_ref, sigma_ref, n_ref = reference_stats(run.data, cfg.ref, extractor, n=cfg.n, batch_size=cfg.batch_size,
                                                stats_dir=cfg.stats_dir, device=device)
     key = f"fid_{cfg.features}"
+    precision: Precision = ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
     provenance: dict[str, str | int] = {
         "extractor": extractor.name, "ref": f"{run.data.dataset}:{cfg.ref}", "n": cfg.n, "n_ref": n_ref,
-        "solver": cfg.solver if is_flow else "generator", "weights": cfg.weights, "seed": cfg.seed}
+        "solver": cfg.solver if is_flow else "generator", "weights": cfg.weights, "precision": precision,
+        "seed": cfg.seed}
 
     def fid_of(loaded, nfe: int) -> tuple[float, float]:
         """(FID, seconds of sampling and features) of one loaded checkpoint at ``nfe`` solver steps (flows)."""
         start = time.perf_counter()
         sampler = loaded.sampler(method=cfg.solver, steps=nfe, device=device) if is_flow else loaded.sampler(device=device)
-        stats = sampler_stats(sampler, cfg.n, extractor, seed=cfg.seed, batch_size=cfg.batch_size)
+        stats = sampler_stats(sampler, cfg.n, extractor, seed=cfg.seed, batch_size=cfg.batch_size, precision=precision)
         return frechet_distance(stats.mean(), stats.cov(), mu_ref, sigma_ref), round(time.perf_counter() - start, 2)
 
     if steps is None:

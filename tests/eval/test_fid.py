@@ -213,6 +213,15 @@ def test_mlp_field_samples_agree_across_batch_sizes_up_to_matmul_rounding():
     assert not x.requires_grad and torch.is_grad_enabled()  # no graph, and the caller's grad mode is kept
 
 
+def test_bf16_sampling_runs_the_network_under_autocast_and_returns_float32():
+    sampler = ODESampler(ImageField(), (1, 4, 4), method="euler", steps=4)
+    full = next(iter_samples(sampler, 8, seed=0, batch_size=8))
+    low = next(iter_samples(sampler, 8, seed=0, batch_size=8, precision="bf16"))
+    assert low.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")  # left as it was found
+    assert not torch.equal(low, full)  # the network ran in bf16 ...
+    assert torch.linalg.vector_norm(low - full) < 5e-2 * torch.linalg.vector_norm(full)  # ... to bf16 accuracy
+
+
 class PlainSampler:
     """A Sampler without shape/solve: sample(n) is a function of its generator only."""
 

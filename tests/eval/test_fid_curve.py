@@ -74,7 +74,7 @@ def test_gan_curve_has_every_checkpoint(runs):
     assert all(s is not None and s > 0 for s in seconds) and seconds == sorted(seconds)
     assert all(p.fid >= 0 for p in curve.points)
     assert curve.settings == {"metric": "fid_inception", "extractor": "stub:channel-moments", "ref": "imagefolder:test",
-                              "n": 16, "n_ref": 16, "solver": "generator", "nfe": None, "weights": "ema", "seed": 0}
+                              "n": 16, "n_ref": 16, "solver": "generator", "nfe": None, "weights": "ema", "precision": "fp32", "seed": 0}
     assert (gan / "fid_curve.png").stat().st_size > 0
     # the latest checkpoint's entries are the ones the default (latest-only) command gives: same noise, same weights
     latest = fid.evaluate_fid(fid_config(root, gan), extractor=ChannelMoments())
