@@ -1,0 +1,197 @@
+"""python -m genkit.bench.suite: the GPU session's command, rehearsed on the CPU with fake data.
+
+No MNIST or CIFAR-10 here: a fake ``--shared`` folder holds MNIST IDX .gz files of random images and
+a tiny ``cifar10_jpg.tar.gz`` (3 classes of random 32x32 JPEGs), laid out as ../shared/data.
+"""
+
+import gzip
+import io
+import json
+import math
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import tyro
+
+from genkit.bench import suite
+from genkit.cli import parse_config, run_main
+
+N_IMAGES = 64  # per MNIST split
+CLASSES = ("airplane", "cat", "ship")
+
+
+def write_idx_gz(folder, prefix, images, labels):
+    """Gzipped IDX files as torchvision reads them: big-endian int32 header, magic 2051 (images) / 2049 (labels)."""
+    n, h, w = images.shape
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">4i", 2051, n, h, w) + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">2i", 2049, n) + labels.tobytes())
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shared")
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir()
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, (N_IMAGES, 28, 28), dtype=np.uint8)
+        write_idx_gz(root / "mnist", prefix, images, (np.arange(N_IMAGES) % 10).astype(np.uint8))
+    from PIL import Image
+
+    with tarfile.open(root / "cifar10_jpg.tar.gz", "w:gz") as tar:
+        for split, per_class in (("train", 4), ("test", 2)):
+            for c in CLASSES:
+                for i in range(per_class):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG", quality=75)
+                    info = tarfile.TarInfo(f"cifar10/{split}/{c}/{i:04d}.jpg")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return root
+
+
+@pytest.mark.slow
+def test_mnist_smoke_runs_the_whole_chain_then_skips_it(shared, tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["mnist", "--smoke", "--work", str(work), "--out", str(out), "--shared", str(shared),
+            "--data-root", str(tmp_path / "data"), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "genkit.bench.suite", *argv]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()  # unpacked from --shared
+
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["results-mnist.tar.gz", "summary-mnist.json", "summary-mnist.md"]  # the GPU tool brings back 8
+    assert (out / "results-mnist.tar.gz").stat().st_size < 16 * 2**20  # ... of at most 16 MB each
+    summary = json.loads((out / "summary-mnist.json").read_text())
+    assert summary["status"] == "complete" and summary["device"].startswith("cpu") and summary["torch"]
+    res = summary["results"]
+    stages = {r["stage"]: r for r in res["stages"]}
+    assert list(stages) == ["rf", "reflow", "distill"]
+    for r in stages.values():
+        assert r["straightness"] >= 0 and r["step"] >= 1
+        assert list(r["fid_classifier"]) == ["1", "2"]  # --smoke: NFE 1 and 2 (JSON keys are strings)
+        assert all(math.isfinite(v) and v >= 0 for v in r["fid_classifier"].values())
+        assert r["budget_minutes"] == suite.SMOKE.rf_minutes  # 0.02 for each smoke stage
+        assert r["train_minutes"] >= r["budget_minutes"] - 1e-3  # ended by --train.time-limit, not by steps
+    assert res["fid_floor_train_vs_test"] >= 0 and res["classifier"]["test_accuracy"] is not None
+
+    with tarfile.open(out / "results-mnist.tar.gz") as tar:
+        names = set(tar.getnames())
+    for stage in ("rf", "reflow", "distill"):
+        assert {f"mnist-{stage}/eval.json", f"mnist-{stage}/config.json", f"mnist-{stage}/metrics.jsonl",
+                f"mnist-{stage}/samples/nfe_001.png", f"mnist-{stage}/fid_classifier_vs_nfe.png",
+                f"logs/mnist-{stage}.log", f"steps/mnist-{stage}-fid.json"} <= names
+    assert not any(part in name for name in names for part in ("checkpoints", "pairs/", "tensorboard", "diffusers"))
+
+    md = (out / "summary-mnist.md").read_text()
+    assert proc.stdout.rstrip().endswith(md.rstrip())  # the table is printed last
+    assert "python -m genkit.recipes.reflow --preset mnist --stage distill" in md and "--train.time-limit" in md
+    assert "| 2-RF + distillation |" in md
+
+    start = time.monotonic()  # the same command again (in this process: cheaper): every step is done already
+    assert run_main(suite.main, argv) == 0
+    seconds, printed = time.monotonic() - start, capsys.readouterr().out
+    assert "all 7 steps were done earlier: nothing to run" in printed
+    assert printed.count("done earlier, skipped") == 7 and seconds < 10
+    records = [json.loads(p.read_text()) for p in (work / "steps").glob("*.json")]
+    assert len(records) == 7 and all(len(r["invocations"]) == 1 for r in records)
+    assert json.loads((out / "summary-mnist.json").read_text())["results"] == res
+
+
+def test_deadline_refuses_a_step_and_still_packs(shared, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["mnist", "--smoke", "--work", str(tmp_path / "w"), "--out", str(out), "--shared", str(shared),
+            "--data-root", str(tmp_path / "data"), "--device", "cpu", "--deadline-minutes", "0.01"]
+    assert run_main(suite.main, argv) == suite.EXIT["deadline"]
+    printed = capsys.readouterr().out
+    assert "mnist-classifier: not started" in printed and "run the same command again" in printed
+    summary = json.loads((out / "summary-mnist.json").read_text())
+    assert summary["status"] == "incomplete" and summary["steps"][0]["this_invocation"] == "refused"
+    assert (out / "results-mnist.tar.gz").is_file() and not (tmp_path / "w" / "steps").exists()
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, capsys):
+    argv = ["mnist", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--shared", str(tmp_path / "none"),
+            "--data-root", str(tmp_path / "data"), "--device", "cpu"]
+    assert run_main(suite.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST not found") and err.count("\n") == 1 and str(tmp_path / "none") in err
+
+
+def test_speed_dry_run_prints_the_benchmark_commands(tmp_path, capsys):
+    assert run_main(suite.main, ["speed", "--dry-run", "--work", str(tmp_path / "w")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ("speed-trainer-overhead: python -m genkit.bench.trainer_overhead --cases unet --batch-sizes 128 512 "
+            "--device auto") in lines
+    assert "speed-sampling: python -m genkit.bench.sampling --device auto" in lines
+    assert "speed-pairs-memory: python -m genkit.bench.pairs_memory --pairs 10000 100000 --device auto" in lines
+    assert not (tmp_path / "w").exists()  # nothing ran, nothing was written
+
+
+def test_cifar_dry_run_plans_imagefolder_training_nll_and_fid(shared, tmp_path, capsys):
+    root = tmp_path / "data" / "cifar10"
+    argv = ["cifar", "--dry-run", "--work", str(tmp_path / "w"), "--shared", str(shared), "--cifar-root", str(root)]
+    assert run_main(suite.main, argv) == 0
+    out = capsys.readouterr().out
+    assert f"would unpack {shared / 'cifar10_jpg.tar.gz'} into {root}" in out and not root.exists()
+    data = f"--data.dataset imagefolder --data.root {root} --data.no-download"
+    assert f"python -m genkit.recipes.classifier --preset cifar10 --out {tmp_path / 'w' / 'cifar-classifier'} {data}" in out
+    assert f"--preset cifar10 --stage rf --out {tmp_path / 'w' / 'cifar-rf'} {data}" in out and "--train.time-limit 20" in out
+    assert "python -m genkit.eval.nll --run" in out
+    assert "--split test --k 1 --method dopri5 --rtol 1e-5 --atol 1e-5 --batch-size 500" in out
+    assert "--nfe 1 10 100 --device auto --floor" in out
+
+
+def test_cifar_archive_unpacks_into_the_image_folder(shared, tmp_path):
+    root = tmp_path / "data" / "cifar10"
+    cfg = suite.SuiteConfig(part="cifar", shared=shared, cifar_root=root)
+    assert "unpacked" in suite.prepare_data(cfg)
+    assert sorted(p.name for p in (root / "train").iterdir()) == list(CLASSES)
+    assert len(list((root / "test" / "cat").glob("*.jpg"))) == 2
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".untar")]
+    assert "is there" in suite.prepare_data(cfg)  # a second call leaves it alone
+
+
+def _parsers():
+    from genkit.bench import pairs_memory, sampling, trainer_overhead
+    from genkit.eval.fid import FIDConfig
+    from genkit.eval.nll import NLLConfig
+    from genkit.recipes.classifier import ClassifierConfig
+    from genkit.recipes.reflow import ReflowConfig
+
+    return {
+        "genkit.recipes.reflow": lambda a: parse_config(ReflowConfig, "reflow", a),
+        "genkit.recipes.classifier": lambda a: parse_config(ClassifierConfig, "classifier", a),
+        "genkit.eval.fid": lambda a: tyro.cli(FIDConfig, args=a),
+        "genkit.eval.nll": lambda a: tyro.cli(NLLConfig, args=a),
+        "genkit.bench.trainer_overhead": lambda a: tyro.cli(trainer_overhead.BenchConfig, args=a),
+        "genkit.bench.sampling": lambda a: tyro.cli(sampling.BenchConfig, args=a),
+        "genkit.bench.pairs_memory": lambda a: tyro.cli(pairs_memory.BenchConfig, args=a),
+    }
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+@pytest.mark.parametrize("part", ["speed", "mnist", "cifar"])
+def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
+    """No GPU minute lost to a typo: each command's flags go through the target module's own parser."""
+    parsers = _parsers()
+    cfg = suite.SuiteConfig(part=part, smoke=smoke, work=tmp_path)
+    for step in suite.plan(cfg):
+        limit = None if step.train is None else 1.5
+        parsed = parsers[step.module](step.argv(limit)[2:])
+        if step.train is not None:
+            assert parsed.train.time_limit == 1.5 and parsed.out == step.run
+        if step.module == "genkit.recipes.reflow" and part == "cifar":
+            assert parsed.data.dataset == "imagefolder" and parsed.model.unet == "cifar10"
+        if step.module == "genkit.recipes.reflow" and smoke:
+            assert not parsed.train.compile and parsed.train.steps == cfg.max_steps
+        if step.module == "genkit.eval.nll":
+            assert (parsed.method, parsed.rtol, parsed.atol, parsed.k, parsed.split) == ("dopri5", 1e-5, 1e-5, 1, "test")
