@@ -161,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(BenchConfig, args=argv, prog="python -m genkit.bench.trainer_overhead")
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from genkit.cli import resolve_device
+
+    device = resolve_device(cfg.device)
     rows = []
     for case in cfg.cases:
         if case == "unet" and device.type != "cuda":
@@ -179,4 +181,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from genkit.cli import run_main
+
+    sys.exit(run_main(main))
