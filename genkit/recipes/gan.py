@@ -48,7 +48,7 @@ from genkit.train.optim import adam
 
 __all__ = [
     "DataConfig", "GANModelConfig", "GANOptimConfig", "GANSampleConfig", "LoadedGAN", "Players", "build_critic",
-    "build_generator", "build_players", "evaluate", "load_run", "main", "mode_coverage",
+    "build_generator", "build_players", "ema_batchnorm", "evaluate", "load_run", "main", "mode_coverage",
 ]
 
 GRID = 64  # images per sample grid
@@ -86,6 +86,12 @@ class GANSampleConfig:
     """EMA-generator samples (and held-out points) for the final 2-D metrics"""
     n_snapshot: int = 1000
     """samples per snapshot (images: a grid of up to 64)"""
+    bn_stats: Literal["recompute", "copied"] = "recompute"
+    """BatchNorm statistics of the EMA generator: recompute = estimated for the EMA weights from
+    bn_batches noise batches (standing statistics); copied = the training generator's running
+    statistics, which belong to other weights"""
+    bn_batches: int = 20
+    """noise batches of 500 for --sample.bn-stats recompute"""
 
 
 class GANRunConfig(Protocol):
@@ -228,6 +234,24 @@ def _noise(n: int, latent_dim: int, seed: int, purpose: str) -> Tensor:
     return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(derive_seed(seed, purpose)))
 
 
+def ema_batchnorm(generator: nn.Module, sample: GANSampleConfig, latent_dim: int, seed: int) -> nn.Module:
+    """Give an EMA generator BatchNorm statistics of its own weights (``sample.bn_stats == "recompute"``).
+
+    The EMA copy's BatchNorm buffers are the training generator's running statistics, measured on
+    other weights. ``torch.optim.swa_utils.update_bn`` re-estimates them as plain averages over
+    ``sample.bn_batches`` seeded noise batches of 500, in training mode and without gradients; the
+    generator's mode is restored. A generator without BatchNorm is left alone. Returns ``generator``.
+    """
+    if sample.bn_stats == "copied" or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in generator.modules()):
+        return generator
+    if sample.bn_batches < 1:
+        raise GenkitError(f"--sample.bn-batches must be >= 1 with --sample.bn-stats recompute, got {sample.bn_batches}")
+    device = next(generator.parameters()).device
+    noise = (_noise(500, latent_dim, seed, f"bn-stats-{i}").to(device) for i in range(sample.bn_batches))
+    torch.optim.swa_utils.update_bn(noise, generator)
+    return generator
+
+
 def _snapshot_fn(cfg: GANRunConfig, shape: tuple[int, ...], device: torch.device):
     """Periodic picture of the EMA generator: a scatter plot (2-D) or an image grid, same noise each time."""
     from genkit.plots import save_image_grid, save_scatter
@@ -236,7 +260,8 @@ def _snapshot_fn(cfg: GANRunConfig, shape: tuple[int, ...], device: torch.device
     z = _noise(n, cfg.model.latent_dim, cfg.seed, "snapshot")
 
     def snapshot(ema: Mapping[str, nn.Module], step: int) -> None:
-        x = GeneratorSampler(ema["generator"], cfg.model.latent_dim, device).sample_from_noise(z).cpu()
+        generator = ema_batchnorm(ema["generator"], cfg.sample, cfg.model.latent_dim, cfg.seed)
+        x = GeneratorSampler(generator, cfg.model.latent_dim, device).sample_from_noise(z).cpu()
         path = cfg.out / "samples" / f"step_{step:08d}.png"
         if len(shape) == 1:
             save_scatter(x, path, title=f"{cfg.data.dataset}, step {step}")
@@ -276,10 +301,11 @@ def mode_coverage(samples: Tensor, centres: Tensor, *, radius: float, min_share:
 
 def evaluate(generator: nn.Module, cfg: GANRunConfig, shape: tuple[int, ...], device: torch.device, step: int) -> dict:
     """Final metrics of the EMA generator (a flat dict for eval.json) and the final pictures."""
+    generator = ema_batchnorm(generator, cfg.sample, cfg.model.latent_dim, cfg.seed)
     sampler = GeneratorSampler(generator, cfg.model.latent_dim, device)
     n = cfg.sample.n_eval if len(shape) == 1 else GRID
     x = sampler.sample_from_noise(_noise(n, cfg.model.latent_dim, cfg.seed, "eval")).cpu()
-    result: dict[str, Any] = {"step": step, "weights": "ema", "seed": cfg.seed,
+    result: dict[str, Any] = {"step": step, "weights": "ema", "bn_stats": cfg.sample.bn_stats, "seed": cfg.seed,
                               "generator_parameters": sum(p.numel() for p in generator.parameters())}
     if len(shape) == 1:
         result |= _toy_metrics(x, cfg)
@@ -349,7 +375,10 @@ class LoadedGAN:
 def load_run(run_dir: str | Path, recipe: str, config_cls: Callable[[], C], *, device: str | torch.device = "cpu",
              ema: bool = True, step: int | None = None) -> LoadedGAN:
     """Rebuild a GAN run's generator from its config.json and load the (EMA) weights of checkpoint
-    ``step`` (a Trainer step; ``None``: the latest)."""
+    ``step`` (a Trainer step; ``None``: the latest); EMA weights get BatchNorm statistics of their own
+    (:func:`ema_batchnorm`, as the run's ``--sample.bn-stats`` says)."""
     run = open_run(run_dir, recipe, config_cls, step=step)
     generator = load_network(run, recipe, "generator", build_generator(run.config.model, run.shape), ema=ema, device=device)
+    if ema:
+        ema_batchnorm(generator, run.config.sample, run.config.model.latent_dim, run.config.seed)
     return LoadedGAN(generator, run.config, run.shape, run.step)
