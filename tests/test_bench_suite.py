@@ -160,18 +160,112 @@ def test_cifar_archive_unpacks_into_the_image_folder(shared, tmp_path):
     assert "is there" in suite.prepare_data(cfg)  # a second call leaves it alone
 
 
+def test_gans_dry_run_plans_four_gans_their_curves_and_the_comparison(shared, tmp_path, capsys):
+    work = tmp_path / "w"
+    (work / "steps").mkdir(parents=True)  # the mnist part trained the classifier in this work folder
+    (work / "steps" / "mnist-classifier.json").write_text(json.dumps({"name": "mnist-classifier", "status": "done"}))
+    argv = ["gans-mnist", "--dry-run", "--work", str(work), "--shared", str(shared), "--data-root", str(tmp_path / "d")]
+    assert run_main(suite.main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = ["monoflow-identity", "monoflow-log-sigmoid", "reflow-gan", "wgan-gp"]
+    assert [ln.split(": ")[0] for ln in lines[1:-1]] == [
+        "mnist-classifier (done, would skip)", *(f"mnist-{r}{fid}" for r in runs for fid in ("", "-fid")), "mnist-gans-compare"]
+    commands = dict(ln.split(": ", 1) for ln in lines[1:-1])
+    for run, objective, every in zip(runs, ("--objective.h identity", "--objective.h log_sigmoid",
+                                            "--objective.kind reflow_gan", "--objective.kind wgan_gp"),
+                                     (3600, 3600, 2880, 2880)):  # guessed steps/s x 240 s / 10 points
+        recipe = "monoflow" if run.startswith("monoflow") else "reflow_gan"
+        assert commands[f"mnist-{run}"] == (
+            f"python -m genkit.recipes.{recipe} --preset mnist --out {work / f'mnist-{run}'} {objective} --data.root "
+            f"{tmp_path / 'd'} --data.no-download --device auto --train.steps 1000000 --train.keep-checkpoints 0 "
+            f"--train.checkpoint-every {every} --train.sample-every {every} --train.time-limit 4")
+        assert (f"--run {work / f'mnist-{run}'} --features classifier --classifier {work / 'mnist-classifier'} --ref test "
+                "--n 10000 --checkpoints missing --device auto") in commands[f"mnist-{run}-fid"]
+    assert commands["mnist-monoflow-identity-fid"].endswith("--floor")
+    assert commands["mnist-gans-compare"] == ("python -m genkit.eval.compare --runs "
+                                              + " ".join(str(work / f"mnist-{r}") for r in runs)
+                                              + f" --out {work / 'mnist-gans-compare'}")
+    for part in ("mnist", "cifar"):  # one classifier step per data set, whichever part runs it first
+        assert suite.plan(suite.SuiteConfig(part=part))[0] == suite.plan(suite.SuiteConfig(part=f"gans-{part}"))[0]
+    cifar = suite.plan(suite.SuiteConfig(part="gans-cifar", cifar_gan_minutes=3, gan_points=5))
+    assert [s.train for s in cifar if s.module in suite.GAN_RECIPES] == [3, 3, 3, 3]
+    assert "--train.checkpoint-every 4320" in cifar[1].command()  # 120 steps/s x 180 s / 5 points
+
+
+@pytest.mark.parametrize(("flags", "error"), [(["--monoflow-h", "identity", "identity"], "'identity' is listed twice"),
+                                              (["--monoflow-h", "logit"], "'logit' is unknown"),
+                                              (["--gan-points", "0"], "--gan-points"),
+                                              (["--rates.reflow-gan-cifar", "0"], "--rates.reflow-gan-cifar must be > 0")])
+def test_gans_bad_settings_are_one_line_errors(flags, error, tmp_path, capsys):
+    assert run_main(suite.main, ["gans-cifar", "--dry-run", "--work", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and error in err and err.count("\n") == 1
+
+
+def test_gans_pack_puts_the_comparison_in_the_tarball_and_the_summary(tmp_path):
+    """The packing of a gans part, on hand-made run folders (its --smoke chain takes about a minute: too long
+    here); the comparison is made by the planned compare command, in-process."""
+    from PIL import Image
+
+    from genkit.eval import compare
+
+    cfg = suite.SuiteConfig(part="gans-mnist", smoke=True, work=tmp_path / "w", out=tmp_path / "out")
+    steps = suite.plan(cfg)
+    gans = [s for s in steps if s.module in suite.GAN_RECIPES]
+    settings = {"metric": "fid_classifier", "extractor": "classifier:fake", "ref": "mnist:test", "n": 32, "n_ref": 32,
+                "solver": "generator", "weights": "ema", "precision": "fp32", "seed": 0, "nfe": None}
+    for i, step in enumerate(gans):
+        flags, monoflow = dict(zip(step.args, step.args[1:])), step.module.endswith("monoflow")
+        objective = {"h": flags["--objective.h"]} if monoflow else {"kind": flags["--objective.kind"]}
+        card = {"recipe": step.module.removeprefix("genkit.recipes."), "objective": objective,
+                "train": {"checkpoint_every": int(flags["--train.checkpoint-every"])}}
+        points = [{"step": k, "generator_steps": k if monoflow else k // 5, "train_seconds": 0.4 * k / 10,
+                   "fid": 1.0 / (k + i), "sample_seconds": 0.1} for k in (10, 20, 30)]
+        ev = {"step": 30, "train_seconds": 1.2, "time_limit_reached": True, "fid_classifier_n": 32,
+              **({"fid_classifier_floor_train_vs_test": 0.5} if i == 0 else {})}
+        (step.run / "samples").mkdir(parents=True)
+        Image.new("L", (8, 8)).save(step.run / "samples" / "final.png")
+        for name, value in (("config.json", card), ("eval.json", ev), ("fid_curve.json", {"settings": settings, "points": points})):
+            (step.run / name).write_text(json.dumps(value))
+    run = suite.Suite(cfg, steps, cfg.out)
+    run.outcome = "done"
+    assert "No comparison yet: its step has not run." in run.pack()
+    assert compare.main(list(steps[-1].args)) == 0
+    md = run.pack()
+
+    with tarfile.open(cfg.out / "results-gans-mnist.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {f"mnist-gans-compare/comparison.{ext}" for ext in ("md", "json", "png")} <= names
+    assert {f"{s.name}/{f}" for s in gans for f in ("fid_curve.json", "samples/final.png", "eval.json")} <= names
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    for label in ("MonoFlow h=identity", "MonoFlow h=log_sigmoid", "ReFlow-GAN", "WGAN-GP"):
+        assert sum(ln.startswith(f"| {label} | ") for ln in rows) == 1  # the comparison table: a row per run
+    summary = json.loads((cfg.out / "summary-gans-mnist.json").read_text())
+    res = summary["results"]
+    assert [r["name"] for r in res["runs"]] == [s.name for s in gans] and res["fid_floor_train_vs_test"] == 0.5
+    assert all(r["steps_per_second"] == 25 and r["fid_points"] == 3 for r in res["runs"])
+    assert [r["generator_steps"] for r in res["runs"]] == [30, 30, 6, 6]
+    assert res["comparison_table"] in md and res["comparison"]["budgets"][0] == {"axis": "generator_steps", "value": 6}
+
+
 def _parsers():
     from genkit.bench import pairs_memory, sampling, trainer_overhead
+    from genkit.eval.compare import CompareConfig
     from genkit.eval.fid import FIDConfig
     from genkit.eval.nll import NLLConfig
     from genkit.recipes.classifier import ClassifierConfig
+    from genkit.recipes.monoflow import MonoFlowConfig
     from genkit.recipes.reflow import ReflowConfig
+    from genkit.recipes.reflow_gan import ReflowGANConfig
 
     return {
         "genkit.recipes.reflow": lambda a: parse_config(ReflowConfig, "reflow", a),
         "genkit.recipes.classifier": lambda a: parse_config(ClassifierConfig, "classifier", a),
+        "genkit.recipes.monoflow": lambda a: parse_config(MonoFlowConfig, "monoflow", a),
+        "genkit.recipes.reflow_gan": lambda a: parse_config(ReflowGANConfig, "reflow_gan", a),
         "genkit.eval.fid": lambda a: tyro.cli(FIDConfig, args=a),
         "genkit.eval.nll": lambda a: tyro.cli(NLLConfig, args=a),
+        "genkit.eval.compare": lambda a: tyro.cli(CompareConfig, args=a),
         "genkit.bench.trainer_overhead": lambda a: tyro.cli(trainer_overhead.BenchConfig, args=a),
         "genkit.bench.sampling": lambda a: tyro.cli(sampling.BenchConfig, args=a),
         "genkit.bench.pairs_memory": lambda a: tyro.cli(pairs_memory.BenchConfig, args=a),
@@ -179,11 +273,12 @@ def _parsers():
 
 
 @pytest.mark.parametrize("smoke", [False, True])
-@pytest.mark.parametrize("part", ["speed", "mnist", "cifar"])
+@pytest.mark.parametrize("part", ["speed", "mnist", "cifar", "gans-mnist", "gans-cifar"])
 def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
     """No GPU minute lost to a typo: each command's flags go through the target module's own parser."""
     parsers = _parsers()
     cfg = suite.SuiteConfig(part=part, smoke=smoke, work=tmp_path)
+    gan_runs = tuple(s.run for s in suite.plan(cfg) if s.module in suite.GAN_RECIPES)
     for step in suite.plan(cfg):
         limit = None if step.train is None else 1.5
         parsed = parsers[step.module](step.argv(limit)[2:])
@@ -195,3 +290,12 @@ def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
             assert not parsed.train.compile and parsed.train.steps == cfg.max_steps
         if step.module == "genkit.eval.nll":
             assert (parsed.method, parsed.rtol, parsed.atol, parsed.k, parsed.split) == ("dopri5", 1e-5, 1e-5, 1, "test")
+        if step.module in suite.GAN_RECIPES:  # all checkpoints kept, a grid at each, the minutes end the run
+            t = parsed.train
+            assert t.keep_checkpoints == 0 and t.checkpoint_every == t.sample_every >= 1 and t.steps == cfg.max_steps
+            assert parsed.data.dataset == ("imagefolder" if part == "gans-cifar" else "mnist")
+            assert not smoke or parsed.model.g_width == parsed.model.d_width == 4  # tiny networks
+        if step.module == "genkit.eval.fid" and step.run in gan_runs:
+            assert parsed.checkpoints == "missing" and parsed.features == "classifier"
+        if step.module == "genkit.eval.compare":
+            assert parsed.runs == gan_runs and len(gan_runs) == 4 and parsed.out == step.run

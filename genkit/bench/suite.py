@@ -3,6 +3,9 @@
     python -m genkit.bench.suite speed        # Trainer overhead, sampling speed, pairs memory (no training)
     python -m genkit.bench.suite mnist        # FID-C classifier; 1-RF -> 2-RF -> distilled; FID-C at NFE 1 2 10 100
     python -m genkit.bench.suite cifar        # FID-C classifier; 1-RF for 20 training minutes; bits/dim; FID-C
+    python -m genkit.bench.suite gans-mnist   # MonoFlow (h identity, log_sigmoid), ReFlow-GAN, WGAN-GP: 4 min each;
+                                              # FID-C at every checkpoint; compared at equal generator steps and time
+    python -m genkit.bench.suite gans-cifar   # the same four GANs on CIFAR-10, 6 training minutes each
     python -m genkit.bench.suite mnist --dry-run                  # the planned commands; nothing runs
     python -m genkit.bench.suite mnist --smoke --work /tmp/suite  # the whole chain, tiny sizes (CPU, about a minute)
 
@@ -13,6 +16,9 @@ archives once with ``cp -r ../shared/data .data`` and carry both; results come b
     python3 -m genkit.bench.suite speed       # timeout_s 600: one call
     python3 -m genkit.bench.suite mnist       # timeout_s 600: about three calls of the same command
     python3 -m genkit.bench.suite cifar       # timeout_s 600: about four calls of the same command
+    python3 -m genkit.bench.suite gans-mnist  # timeout_s 600: about three calls of the same command
+    python3 -m genkit.bench.suite gans-cifar  # timeout_s 600: about four calls (some 35 minutes; with
+                                              # --cifar-gan-minutes 4, about three)
 
 A call that exits 3 stopped at its deadline: repeat the same command at once, while the machine is
 still held (the work folder, checkpoints included, lives on that machine only).
@@ -27,14 +33,22 @@ start-up and the final evaluation come on top). ``--smoke`` also runs every comm
 ``OMP_NUM_THREADS=1`` (unless set): tiny networks run fastest on one thread. The mnist defaults, 6 + 3.5 + 2.5 training minutes plus two pair generations, are meant to fit
 the issue's 15 minutes.
 
+The gans parts (issue 5) train each GAN for the same minutes (``--mnist-gan-minutes``,
+``--cifar-gan-minutes``) with all checkpoints kept, ``--train.checkpoint-every`` (and the sample grids'
+``--train.sample-every``) set to the recipe's guessed steps per second (``--rates.*``) times its
+training seconds over ``--gan-points``; a FID-C step per run evaluates the checkpoints its
+``fid_curve.json`` lacks, and ``genkit.eval.compare`` tables and plots the curves at equal generator
+steps and equal seconds (the table is in the summary). The FID-C classifier is the mnist or cifar
+part's (same step, same folder): trained once per work folder.
+
 Time guard: the suite stops ``--deadline-minutes`` after it started (default 9.5: one command may run
 10 minutes). It does not start a step that is expected to end later (``--expect.*``: guesses until
 measured; each step's wall time is in the summary), it lowers a training step's time limit to what is
 left, and a step still running at the deadline gets SIGTERM (a trainer checkpoints and exits) and,
 20 s later, SIGKILL. After every step and at the end, also after a failure, the results are packed
 into ``--out`` (default ``$OUT`` if set, else ``<work>/out``): ``results-<part>.tar.gz`` (eval.json,
-config.json, metrics.jsonl, PNGs of the run folders and their ``samples/``, logs, step files; no
-checkpoints, TensorBoard or pairs), ``summary-<part>.json`` and ``summary-<part>.md`` (the numbers,
+config.json, metrics.jsonl, fid_curve.json, comparison.json and .md, PNGs of the run folders and their
+``samples/``, logs, step files; no checkpoints, TensorBoard or pairs), ``summary-<part>.json`` and ``summary-<part>.md`` (the numbers,
 the exact commands, device, torch version, date), and the markdown is printed last. Exit status:
 0 all steps done, 3 stopped at the deadline (run the same command again), 1 a step failed,
 2 bad input or missing data.
@@ -64,7 +78,13 @@ import tyro
 from genkit.errors import GenkitError
 
 PROG = "python -m genkit.bench.suite"
-Part = Literal["speed", "mnist", "cifar"]
+Part = Literal["speed", "mnist", "cifar", "gans-mnist", "gans-cifar"]
+DATASETS: dict[str, Literal["mnist", "cifar"]] = {"mnist": "mnist", "cifar": "cifar", "gans-mnist": "mnist",
+                                                  "gans-cifar": "cifar"}
+"""the data set of each part that trains (speed has none)"""
+PRESETS = {"mnist": "mnist", "cifar": "cifar10"}
+"""the recipes' preset of each data set"""
+GAN_RECIPES = ("genkit.recipes.monoflow", "genkit.recipes.reflow_gan")
 Outcome = Literal["done", "deadline", "failed", "error", "interrupted"]
 EXIT = {"done": 0, "failed": 1, "error": 2, "deadline": 3}
 GRACE_S = 20.0  # from SIGTERM (a trainer checkpoints) to SIGKILL
@@ -83,13 +103,26 @@ class Expect:
     min_train: float = 1.0
     """the least training worth starting a training command for"""
     fid: float = 2.0
-    """one mnist FID-C command (N samples at every NFE, reference statistics)"""
+    """one mnist FID-C command (N samples at every NFE, reference statistics), or one GAN run's FID-C curve"""
     fid_cifar: float = 4.0
     """the cifar FID-C command (a 35.7M UNet: about 6x the work per sample of the mnist one)"""
     nll: float = 5.0
     """the bits/dim command"""
     bench: float = 3.0
     """one speed benchmark"""
+    compare: float = 0.5
+    """the comparison of the GAN runs' FID-C curves (a table and a plot)"""
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Guessed Trainer steps per second of the GAN recipes on the GPU (ReFlow-GAN's also for WGAN-GP: the
+    same networks), for checkpoint intervals only: adjust them from a summary's steps/s."""
+
+    monoflow_mnist: float = 150.0
+    reflow_gan_mnist: float = 120.0
+    monoflow_cifar: float = 120.0
+    reflow_gan_cifar: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +130,8 @@ class SuiteConfig:
     """Chain the existing CLIs into the measurements of one part; resumable, under a deadline."""
 
     part: tyro.conf.Positional[Part]
-    """speed (benchmarks, no training), mnist (reflow chain + FID-C), cifar (1-RF, bits/dim, FID-C)"""
+    """speed (benchmarks, no training), mnist (reflow chain + FID-C), cifar (1-RF, bits/dim, FID-C),
+    gans-mnist / gans-cifar (MonoFlow, ReFlow-GAN, WGAN-GP: FID-C curves compared)"""
     work: Path = Path("runs/suite")
     """work folder: run folders, logs/, steps/ (the same folder resumes)"""
     out: Path | None = None
@@ -123,8 +157,17 @@ class SuiteConfig:
     """mnist distillation training minutes (default 2.5; --smoke 0.02)"""
     cifar_minutes: float | None = None
     """cifar 1-RF training minutes (default 20; --smoke 0.02)"""
+    mnist_gan_minutes: float | None = None
+    """gans-mnist training minutes of each GAN run (default 4; --smoke 0.02)"""
+    cifar_gan_minutes: float | None = None
+    """gans-cifar training minutes of each GAN run (default 6; --smoke 0.02)"""
+    monoflow_h: tuple[str, ...] = ("identity", "log_sigmoid")
+    """the gans parts' MonoFlow runs: one per h (identity, log_sigmoid, softplus, arcsinh, exp)"""
+    gan_points: int = 10
+    """checkpoints (FID-C curve points) each GAN run should get, if it runs at its --rates.* guess"""
+    rates: Rates = field(default_factory=Rates)
     max_steps: int = 1_000_000
-    """--train.steps of the flow stages: the minutes end them first"""
+    """--train.steps of the training stages and GAN runs: the minutes end them first"""
     pairs: int | None = None
     """mnist teacher pairs per stage (default 20000; --smoke 32)"""
     fid_n: int | None = None
@@ -152,14 +195,17 @@ class Scale:
     mnist_nfe: tuple[int, ...]
     cifar_nfe: tuple[int, ...]
     nll_n: int
+    mnist_gan_minutes: float
+    cifar_gan_minutes: float
 
 
-FULL = Scale(6.0, 3.5, 2.5, 20.0, 20_000, 10_000, (1, 2, 10, 100), (1, 10, 100), 2000)
-SMOKE = Scale(0.02, 0.02, 0.02, 0.02, 32, 32, (1, 2), (1, 2), 8)
+FULL = Scale(6.0, 3.5, 2.5, 20.0, 20_000, 10_000, (1, 2, 10, 100), (1, 10, 100), 2000, 4.0, 6.0)
+SMOKE = Scale(0.02, 0.02, 0.02, 0.02, 32, 32, (1, 2), (1, 2), 8, 0.02, 0.02)
 
 # --smoke flags, appended after each command's own (tyro: the last value wins)
-SMOKE_TRAIN = ("--train.batch-size", "16", "--train.log-every", "5", "--train.checkpoint-every", "100",
-               "--train.no-tensorboard", "--train.no-progress")
+SMOKE_LOOP = ("--train.batch-size", "16", "--train.log-every", "5", "--train.no-tensorboard", "--train.no-progress")
+SMOKE_TRAIN = (*SMOKE_LOOP, "--train.checkpoint-every", "100")
+SMOKE_GAN = (*SMOKE_LOOP, "--model.latent-dim", "8", "--model.g-width", "4", "--model.d-width", "4")
 SMOKE_CLASSIFIER = (*SMOKE_TRAIN, "--train.steps", "8", "--model.channels", "8", "16", "--model.feature-dim", "16",
                     "--eval.batch-size", "64")
 SMOKE_FLOW = (*SMOKE_TRAIN, "--model.unet-layers", "1", "--train.no-compile", "--train.warmup-steps", "0",
@@ -200,16 +246,27 @@ def scale(cfg: SuiteConfig) -> Scale:
     return dataclasses.replace(base, **given)
 
 
-def _fid(cfg: SuiteConfig, name: str, run: Path, classifier: Path, nfe: tuple[int, ...], *, floor: bool) -> Step:
+def _fid(cfg: SuiteConfig, name: str, run: Path, classifier: Path, nfe: tuple[int, ...] | None, *, floor: bool) -> Step:
+    """FID-C of a flow at each of ``nfe``, or (``nfe`` None) of a GAN at each checkpoint its fid_curve.json lacks."""
+    how = ("--checkpoints", "missing") if nfe is None else ("--nfe", *map(str, nfe))
     args = ("--run", str(run), "--features", "classifier", "--classifier", str(classifier), "--ref", "test",
-            "--n", str(scale(cfg).fid_n), "--nfe", *map(str, nfe), "--device", cfg.device, *(("--floor",) if floor else ()))
+            "--n", str(scale(cfg).fid_n), *how, "--device", cfg.device, *(("--floor",) if floor else ()))
     return Step(name, "genkit.eval.fid", args, cfg.expect.fid_cifar if cfg.part == "cifar" else cfg.expect.fid, run=run)
 
 
-def _classifier(cfg: SuiteConfig, name: str, preset: str, data: tuple[str, ...]) -> Step:
-    run = cfg.work / name
-    args = ("--preset", preset, "--out", str(run), *data, *(SMOKE_CLASSIFIER if cfg.smoke else ()))
-    return Step(name, "genkit.recipes.classifier", args, cfg.expect.overhead, run=run, train=0.0)
+def _data(cfg: SuiteConfig) -> tuple[str, ...]:
+    """The data flags of the part's training and FID commands."""
+    dev = ("--device", cfg.device)
+    if DATASETS[cfg.part] == "mnist":
+        return ("--data.root", str(cfg.data_root), "--data.no-download", *dev)
+    return ("--data.dataset", "imagefolder", "--data.root", str(cfg.cifar_root), "--data.no-download", *dev)
+
+
+def _classifier(cfg: SuiteConfig, data: tuple[str, ...]) -> Step:
+    """The FID-C classifier of the part's data set: one step and folder, shared by the parts that use it."""
+    run = cfg.work / f"{DATASETS[cfg.part]}-classifier"
+    args = ("--preset", PRESETS[DATASETS[cfg.part]], "--out", str(run), *data, *(SMOKE_CLASSIFIER if cfg.smoke else ()))
+    return Step(run.name, "genkit.recipes.classifier", args, cfg.expect.overhead, run=run, train=0.0)
 
 
 def _flow(cfg: SuiteConfig, name: str, preset: str, stage: str, minutes: float, data: tuple[str, ...],
@@ -221,6 +278,26 @@ def _flow(cfg: SuiteConfig, name: str, preset: str, stage: str, minutes: float, 
     args = ("--preset", preset, "--stage", stage, "--out", str(run), *pairs, *data, "--train.steps", str(cfg.max_steps),
             *unet, *(SMOKE_FLOW if cfg.smoke else ()))
     return Step(name, "genkit.recipes.reflow", args, cfg.expect.overhead, run=run, train=minutes, pairs=teacher is not None)
+
+
+def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Step]:
+    """Each GAN run for the part's minutes, with its FID-C curve; then their comparison."""
+    ds = DATASETS[cfg.part]
+    minutes = scale(cfg).mnist_gan_minutes if ds == "mnist" else scale(cfg).cifar_gan_minutes
+    runs = [(f"monoflow-{h}", "monoflow", ("--objective.h", h)) for h in cfg.monoflow_h]
+    runs += [(kind, "reflow_gan", ("--objective.kind", kind)) for kind in ("reflow_gan", "wgan_gp")]
+    steps: list[Step] = []
+    for name, recipe, objective in runs:
+        run = cfg.work / f"{ds}-{name.replace('_', '-')}"
+        every = str(max(1, int(getattr(cfg.rates, f"{recipe}_{ds}") * 60 * minutes / cfg.gan_points)))
+        args = ("--preset", PRESETS[ds], "--out", str(run), *objective, *data, "--train.steps", str(cfg.max_steps),
+                "--train.keep-checkpoints", "0", "--train.checkpoint-every", every, "--train.sample-every", every,
+                *(SMOKE_GAN if cfg.smoke else ()))
+        steps += [Step(run.name, f"genkit.recipes.{recipe}", args, cfg.expect.overhead, run=run, train=minutes),
+                  _fid(cfg, f"{run.name}-fid", run, classifier, None, floor=not steps)]  # the data floor once
+    out = cfg.work / f"{ds}-gans-compare"
+    args = ("--runs", *(str(s.run) for s in steps if s.train is not None), "--out", str(out))
+    return [*steps, Step(out.name, "genkit.eval.compare", args, cfg.expect.compare, run=out)]
 
 
 def plan(cfg: SuiteConfig) -> list[Step]:
@@ -235,9 +312,11 @@ def plan(cfg: SuiteConfig) -> list[Step]:
                 "pairs-memory": ("--pairs", "10000", "100000")}
         return [Step(f"speed-{name}", f"genkit.bench.{name.replace('-', '_')}", (*args, *dev), e.bench)
                 for name, args in (smoke if cfg.smoke else full).items()]
+    data = _data(cfg)
+    clf = _classifier(cfg, data)
+    if cfg.part.startswith("gans-"):
+        return [clf, *_gans(cfg, clf.run, data)]
     if cfg.part == "mnist":
-        data = ("--data.root", str(cfg.data_root), "--data.no-download", *dev)
-        clf = _classifier(cfg, "mnist-classifier", "mnist", data)
         steps = [clf]
         teacher = None
         for stage, minutes in (("rf", s.rf_minutes), ("reflow", s.reflow_minutes), ("distill", s.distill_minutes)):
@@ -245,8 +324,6 @@ def plan(cfg: SuiteConfig) -> list[Step]:
             steps += [flow, _fid(cfg, f"mnist-{stage}-fid", flow.run, clf.run, s.mnist_nfe, floor=stage == "rf")]
             teacher = flow.run
         return steps
-    data = ("--data.dataset", "imagefolder", "--data.root", str(cfg.cifar_root), "--data.no-download", *dev)
-    clf = _classifier(cfg, "cifar-classifier", "cifar10", data)
     flow = _flow(cfg, "cifar-rf", "cifar10", "rf", s.cifar_minutes, data)
     nll = ("--run", str(flow.run), "--split", "test", "--k", "1", "--method", "dopri5", "--rtol", "1e-5", "--atol", "1e-5",
            "--batch-size", str(cfg.nll_batch_size), "--n", str(s.nll_n), *dev)
@@ -256,16 +333,28 @@ def plan(cfg: SuiteConfig) -> list[Step]:
 
 def check(cfg: SuiteConfig) -> None:
     from genkit.data.toy import _check_count
+    from genkit.objectives.gan import H_FUNCTIONS
 
     s = scale(cfg)
-    for name in ("rf_minutes", "reflow_minutes", "distill_minutes", "cifar_minutes"):
+    for name in ("rf_minutes", "reflow_minutes", "distill_minutes", "cifar_minutes", "mnist_gan_minutes",
+                 "cifar_gan_minutes"):
         if not getattr(s, name) > 0:
             raise GenkitError(f"--{name.replace('_', '-')} must be > 0, got {getattr(s, name)}")
+    for f in dataclasses.fields(Rates):
+        if not getattr(cfg.rates, f.name) > 0:
+            raise GenkitError(f"--rates.{f.name.replace('_', '-')} must be > 0, got {getattr(cfg.rates, f.name)}")
+    if not cfg.monoflow_h:
+        raise GenkitError("--monoflow-h needs at least one h, e.g. identity log_sigmoid")
+    for h in cfg.monoflow_h:
+        if h not in H_FUNCTIONS or cfg.monoflow_h.count(h) > 1:
+            raise GenkitError(f"--monoflow-h: '{h}' is {'listed twice' if h in H_FUNCTIONS else 'unknown'} "
+                              f"(known: {', '.join(H_FUNCTIONS)})")
     if not cfg.deadline_minutes > 0:
         raise GenkitError(f"--deadline-minutes must be > 0, got {cfg.deadline_minutes}")
     for name, minimum in (("pairs", 1), ("fid_n", 2), ("nll_n", 0)):
         _check_count(f"--{name.replace('_', '-')}", getattr(s, name), minimum)
     _check_count("--max-steps", cfg.max_steps, 1)
+    _check_count("--gan-points", cfg.gan_points, 1)
     _check_count("--nll-batch-size", cfg.nll_batch_size, 1)
     for name in ("mnist_nfe", "cifar_nfe"):
         if not getattr(s, name):
@@ -277,7 +366,7 @@ def check(cfg: SuiteConfig) -> None:
 # ---- data ---------------------------------------------------------------------------------------------
 def prepare_data(cfg: SuiteConfig, *, dry_run: bool = False) -> str:
     """Unpack the part's data set from ``--shared`` if its root lacks it; one line saying what was done."""
-    if cfg.part == "mnist":
+    if DATASETS.get(cfg.part) == "mnist":
         raw = cfg.data_root / "MNIST" / "raw"
         missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
         if not missing:
@@ -297,7 +386,7 @@ def prepare_data(cfg: SuiteConfig, *, dry_run: bool = False) -> str:
                     shutil.copyfileobj(fin, fout, 1 << 20)
                 os.replace(tmp, raw / name)
         return f"MNIST: {'would unpack' if dry_run else 'unpacked'} {len(missing)} files from {cfg.shared / 'mnist'} into {raw}"
-    if cfg.part == "cifar":
+    if DATASETS.get(cfg.part) == "cifar":
         root = cfg.cifar_root
         if (root / "train").is_dir() and (root / "test").is_dir():
             return f"CIFAR-10: {root} is there"
@@ -592,7 +681,8 @@ class Suite:
     def files(self) -> list[Path]:
         work, found = self.cfg.work, []
         for run in dict.fromkeys(s.run for s in self.steps if s.run is not None):
-            found += [run / n for n in ("eval.json", "config.json", "metrics.jsonl") if (run / n).is_file()]
+            found += [run / n for n in ("eval.json", "config.json", "metrics.jsonl", "fid_curve.json", "comparison.json",
+                                        "comparison.md") if (run / n).is_file()]
             found += sorted(run.glob("*.png")) + sorted((run / "samples").glob("*.png"))
         for step in self.steps:
             found += [p for p in (work / "logs" / f"{step.name}.log", self.record_path(step)) if p.is_file()]
@@ -648,6 +738,7 @@ def machine_info(device: str) -> dict[str, str]:
 
 
 STAGE_NAMES = {"rf": "1-RF", "reflow": "2-RF", "distill": "2-RF + distillation"}
+FLOOR = "fid_classifier_floor_train_vs_test"
 
 
 def summarize(suite: Suite) -> dict:
@@ -666,22 +757,27 @@ def summarize(suite: Suite) -> dict:
     if cfg.part == "speed":
         out["results"] = {name.removeprefix("speed-"): suite.record(s).get("rows", []) for name, s in by_name.items()}
         return out
-    prefix = cfg.part
+    prefix = DATASETS[cfg.part]
+    evs = {s.name: read_json(s.run / "eval.json") for s in suite.steps if s.train is not None}
+    clf = evs[f"{prefix}-classifier"]
+    results: dict = {"classifier": {k: clf.get(k) for k in ("step", "test_accuracy", "n_test", "train_seconds")}}
+    floors = [ev[FLOOR] for ev in evs.values() if FLOOR in ev]
+    if floors:
+        results["fid_floor_train_vs_test"] = floors[0]
+    if cfg.part.startswith("gans-"):
+        out["results"] = results | gan_results(suite, evs, by_name[f"{prefix}-gans-compare"].run)
+        return out
     nfe = scale(cfg).mnist_nfe if prefix == "mnist" else scale(cfg).cifar_nfe
-    clf = read_json(by_name[f"{prefix}-classifier"].run / "eval.json")
-    results: dict = {"classifier": {k: clf.get(k) for k in ("step", "test_accuracy", "n_test", "train_seconds")}, "stages": []}
+    results["stages"] = []
     for stage in ("rf", "reflow", "distill"):
         step = by_name.get(f"{prefix}-{stage}")
         if step is None:
             continue
-        ev = read_json(step.run / "eval.json")
-        row = {"stage": stage, "run": str(step.run), "step": ev.get("step"), "train_minutes": _div(ev.get("train_seconds"), 60),
-               "budget_minutes": step.train, "wall_minutes": _div(suite.record(step).get("seconds_total"), 60),
+        ev = evs[step.name]
+        row = {"stage": stage, **_trained(suite, step, ev),
                "straightness": ev.get("straightness"), "transport_cost": ev.get("transport_cost"),
                "fid_classifier": {k: ev.get(f"fid_classifier_nfe{k}") for k in nfe},
                "fid_seconds": {k: ev.get(f"fid_classifier_seconds_nfe{k}") for k in nfe}, "fid_n": ev.get("fid_classifier_n")}
-        if "fid_classifier_floor_train_vs_test" in ev:
-            results["fid_floor_train_vs_test"] = ev["fid_classifier_floor_train_vs_test"]
         if "nll_bpd" in ev:
             row |= {k: ev.get(k) for k in ("nll_bpd", "nll_bpd_stderr", "nll_n", "nll_seconds", "nll_solver", "nll_rtol")}
         results["stages"].append(row)
@@ -689,8 +785,32 @@ def summarize(suite: Suite) -> dict:
     return out
 
 
-def _div(x, d: float):
-    return None if x is None else x / d
+def _trained(suite: Suite, step: Step, ev: dict) -> dict:
+    """A training step's run, steps, training minutes (counted and budget) and command minutes."""
+    return {"run": str(step.run), "step": ev.get("step"), "train_minutes": _div(ev.get("train_seconds"), 60),
+            "budget_minutes": step.train, "wall_minutes": _div(suite.record(step).get("seconds_total"), 60)}
+
+
+def gan_results(suite: Suite, evs: dict[str, dict], compare: Path) -> dict:
+    """Each GAN run's training and FID-C curve, and their comparison (comparison.json, comparison.md)."""
+    runs = []
+    for step in suite.steps:
+        if step.module not in GAN_RECIPES:
+            continue
+        ev, points = evs[step.name], read_json(step.run / "fid_curve.json").get("points", [])
+        last = points[-1] if points else {}
+        runs.append({"name": step.name, **_trained(suite, step, ev),
+                     "steps_per_second": _div(ev.get("step"), ev.get("train_seconds") or None),
+                     "checkpoint_every": read_json(step.run / "config.json").get("train", {}).get("checkpoint_every"),
+                     "fid_points": len(points), "generator_steps": last.get("generator_steps"), "fid_last": last.get("fid"),
+                     "fid_n": ev.get("fid_classifier_n")})
+    table = compare / "comparison.md"
+    return {"runs": runs, "comparison": read_json(compare / "comparison.json") or None,
+            "comparison_table": table.read_text() if table.is_file() else None}
+
+
+def _div(x, d: float | None):
+    return None if x is None or d is None else x / d
 
 
 def _f(x, spec: str = ".4g") -> str:
@@ -699,6 +819,21 @@ def _f(x, spec: str = ".4g") -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+TRAIN_NOTE = ("train min: training minutes counted by the trainer (--train.time-limit); command min: wall time of "
+              "the training command(s), with start-up, data and the final evaluation")
+JPEG = "this CIFAR-10 is a JPEG re-encoding: no number here is comparable to published CIFAR-10 numbers"
+CAVEATS = {"mnist": "the distilled student is trained for one step: NFE 1 is its number", "cifar": JPEG,
+           "gans-mnist": "each GAN has its recipe's mnist preset (networks, batch, optimisers)", "gans-cifar": JPEG}
+
+
+def _fid_notes(res: dict, n: int | None, caveat: str) -> tuple[str, str]:
+    """(the FID-C floor line, the classifier line) under a part's table."""
+    clf = res["classifier"]
+    return ((f"FID-C floor (train vs test, N = {_f(n, 'd')}): {_f(res.get('fid_floor_train_vs_test'))}. FID-C uses "
+             f"a genkit classifier's features: not comparable to Inception FID; {caveat}."),
+            f"FID-C classifier: test accuracy {_f(clf.get('test_accuracy'))} after {_f(clf.get('step'), 'd')} steps.")
 
 
 def markdown(summary: dict) -> str:
@@ -716,8 +851,19 @@ def markdown(summary: dict) -> str:
             rows = res.get(name, [])
             lines += [f"{name} ({rows[0]['device'] if rows else 'not measured'}):", ""]
             lines += _table(keys, [[str(r.get(k, "–")) for k in keys] for r in rows]) + [""]
+    elif part.startswith("gans-"):
+        lines += [(res.get("comparison_table") or "No comparison yet: its step has not run.").rstrip(), ""]
+        header = ["run", "Trainer steps", "generator steps", "train min", "command min", "steps/s", "checkpoint every",
+                  "FID-C points", "last FID-C"]
+        lines += _table(header, [[r["name"], _f(r["step"], "d"), _f(r["generator_steps"], "d"), _f(r["train_minutes"], ".2f"),
+                                  _f(r["wall_minutes"], ".2f"), _f(r["steps_per_second"], ".1f"), _f(r["checkpoint_every"], "d"),
+                                  str(r["fid_points"]), _f(r["fid_last"])] for r in res["runs"]]) + [""]
+        n = next((r["fid_n"] for r in res["runs"] if r["fid_n"]), None)
+        lines += [(f"{TRAIN_NOTE}; steps/s: Trainer steps per training second, what --rates.* guess (checkpoint "
+                   "intervals follow from them); a ReFlow-GAN or WGAN-GP Trainer step is a critic step (5 per generator step)."),
+                  *_fid_notes(res, n, CAVEATS[part]), ""]
     elif res:
-        clf, nfe = res["classifier"], list(res["stages"][0]["fid_classifier"]) if res["stages"] else []
+        nfe = list(res["stages"][0]["fid_classifier"]) if res["stages"] else []
         header = ["stage", "steps", "train min", "command min", "straightness", *(f"FID-C NFE {k}" for k in nfe)]
         if part == "cifar":
             header += ["bits/dim (K=1)", "NLL images", "NLL s"]
@@ -733,14 +879,9 @@ def markdown(summary: dict) -> str:
         n = next((r["fid_n"] for r in res["stages"] if r["fid_n"]), None)
         times = "; ".join(f"{STAGE_NAMES[r['stage']]} " + ", ".join(_f(r["fid_seconds"][k], ".1f") for k in nfe)
                           for r in res["stages"])
-        caveat = ("this CIFAR-10 is a JPEG re-encoding: no number here is comparable to published CIFAR-10 numbers"
-                  if part == "cifar" else "the distilled student is trained for one step: NFE 1 is its number")
-        lines += [("train min: training minutes counted by the trainer (--train.time-limit); command min: wall time of "
-                   "the training command(s), with start-up, data, teacher pairs and the final evaluation."),
-                  (f"FID-C floor (train vs test, N = {_f(n, 'd')}): {_f(res.get('fid_floor_train_vs_test'))}. FID-C uses "
-                   f"a genkit classifier's features: not comparable to Inception FID; {caveat}."),
-                  f"FID-C seconds for N = {_f(n, 'd')} samples at NFE {', '.join(map(str, nfe))}: {times}.",
-                  f"FID-C classifier: test accuracy {_f(clf.get('test_accuracy'))} after {_f(clf.get('step'), 'd')} steps.", ""]
+        floor, classifier = _fid_notes(res, n, CAVEATS[part])
+        lines += [f"{TRAIN_NOTE} (and teacher pairs).", floor,
+                  f"FID-C seconds for N = {_f(n, 'd')} samples at NFE {', '.join(map(str, nfe))}: {times}.", classifier, ""]
     rows = [[s["name"], s["status"], s["this_invocation"], _f(s["seconds_total"], ".1f"),
              "<br>".join(f"`{c}`" for c in s["commands"]) or "–"] for s in summary["steps"]]
     lines += _table(["step", "status", "this invocation", "wall s (all)", "commands"], rows) + [""]
