@@ -9,8 +9,8 @@
     python -m genkit.bench.suite mnist --dry-run                  # the planned commands; nothing runs
     python -m genkit.bench.suite mnist --smoke --work /tmp/suite  # the whole chain, tiny sizes (CPU, about a minute)
 
-On the GPU machine, from the repository root (``.whl`` and ``.data`` are git-ignored: copy the offline
-archives once with ``cp -r ../shared/data .data`` and carry both; results come back only through $OUT)::
+On the GPU machine, from the repository root (``.whl`` and ``.data`` are git-ignored; ``make device-kit``
+fills them here: carry both; results come back only through $OUT)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
     python3 -m genkit.bench.suite speed       # timeout_s 600: one call
@@ -22,6 +22,16 @@ archives once with ``cp -r ../shared/data .data`` and carry both; results come b
 
 A call that exits 3 stopped at its deadline: repeat the same command at once, while the machine is
 still held (the work folder, checkpoints included, lives on that machine only).
+
+A part longer than one command can also run in the background, started by the first call in a
+process session of its own (which outlives the call, not the machine)::
+
+    setsid nohup python3 -m genkit.bench.suite mnist --deadline-minutes 25 --out runs/suite/out > runs/suite.log 2>&1 &
+    sleep 560; tail -3 runs/suite.log                      # later calls, each within 30 s of the last
+    sleep 500; cp runs/suite/out/* "$OUT"/                 # the last call fetches the results
+
+Every call must follow the previous one within the machine's idle window (30 s), or the machine goes
+back with the work folder.
 
 Each step runs ``python -m <module> ...`` as a subprocess (``PYTHONUNBUFFERED=1``), its output
 tee'd into ``<work>/logs/<step>.log``, and leaves ``<work>/steps/<step>.json`` (status, commands,
