@@ -66,25 +66,20 @@ the exact commands, device, torch version, date), and the markdown is printed la
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
-import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import tyro
 
+from genkit.bench import suite_report
+from genkit.bench.suite_runner import Runner, read_json
 from genkit.errors import GenkitError
 
 PROG = "python -m genkit.bench.suite"
@@ -95,10 +90,7 @@ DATASETS: dict[str, Literal["mnist", "cifar"]] = {"mnist": "mnist", "cifar": "ci
 PRESETS = {"mnist": "mnist", "cifar": "cifar10"}
 """the recipes' preset of each data set"""
 GAN_RECIPES = ("genkit.recipes.monoflow", "genkit.recipes.reflow_gan")
-Outcome = Literal["done", "deadline", "failed", "error", "interrupted"]
 EXIT = {"done": 0, "failed": 1, "error": 2, "deadline": 3}
-GRACE_S = 20.0  # from SIGTERM (a trainer checkpoints) to SIGKILL
-TAR_LIMIT = 15 * 2**20  # the GPU tool brings back files of at most 16 MB
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -432,473 +424,23 @@ def _untar(archive: Path, root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---- what a run folder says ---------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def checkpoint_step(run: Path) -> int | None:
-    from genkit.train.checkpoint import latest_checkpoint, read_card
-
-    path = latest_checkpoint(run / "checkpoints")
-    return None if path is None else int(read_card(path)["step"])
-
-
-def trained_minutes(run: Path) -> float:
-    """Training minutes the trainer counted up to the run's latest checkpoint (0 without one)."""
-    from genkit.train.checkpoint import latest_checkpoint, load_trainer_state
-
-    path = latest_checkpoint(run / "checkpoints")
-    return 0.0 if path is None else float(load_trainer_state(path).get("train_seconds", 0.0)) / 60
-
-
-def pairs_ready(run: Path) -> bool:
-    from genkit.pairs import check_pairs
-
-    try:
-        check_pairs(run / "pairs")
-    except GenkitError:
-        return False
-    return True
-
-
-# ---- running steps ------------------------------------------------------------------------------------
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-class Suite:
-    """Runs a part's steps under the deadline and packs the results after each one."""
-
-    def __init__(self, cfg: SuiteConfig, steps: list[Step], out: Path) -> None:
-        self.cfg, self.steps, self.out = cfg, steps, out
-        self.t0 = time.monotonic()
-        self.deadline = self.t0 + 60 * cfg.deadline_minutes
-        self.this_run: dict[str, str] = {}  # step -> what happened in this invocation
-        self.notes: list[str] = []
-        self.outcome: Outcome = "interrupted"
-        self.error = ""
-        self.machine: dict[str, str] = {}
-
-    def left(self) -> float:
-        """Minutes to the deadline."""
-        return (self.deadline - time.monotonic()) / 60
-
-    def record_path(self, step: Step) -> Path:
-        return self.cfg.work / "steps" / f"{step.name}.json"
-
-    def record(self, step: Step) -> dict:
-        return read_json(self.record_path(step))
-
-    def say(self, message: str) -> None:
-        print(f"[suite {self.left():5.2f} min left] {message}", flush=True)
-
-    # -- one invocation of the whole part
-    def run(self) -> int:
-        def stop(signum, frame):  # SIGTERM/SIGHUP: stop the running command, pack, exit
-            raise SystemExit(128 + signum)
-
-        old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        try:
-            self.machine = machine_info(self.cfg.device)
-            self.notes.append(prepare_data(self.cfg))
-            self.say(self.notes[-1])
-            self.outcome = self.run_steps()
-        except GenkitError as e:
-            self.outcome, self.error = "error", " ".join(str(e).split())
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            text = self.pack()
-            if self.error:
-                print(f"error: {self.error}", file=sys.stderr, flush=True)
-            print(text, flush=True)
-        return EXIT[self.outcome]
-
-    def run_steps(self) -> Outcome:
-        for step in self.steps:
-            if self.record(step).get("status") == "done":
-                self.this_run[step.name] = "skipped"
-                self.say(f"{step.name}: done earlier, skipped ({self.record_path(step)})")
-                continue
-            outcome = self.run_training(step) if step.train is not None else self.run_once(step)
-            self.pack()
-            if outcome != "done":
-                return outcome
-        if all(v == "skipped" for v in self.this_run.values()):
-            self.say(f"all {len(self.steps)} steps were done earlier: nothing to run")
-        return "done"
-
-    def refuse(self, step: Step, need: float) -> Outcome:
-        self.this_run[step.name] = "refused"
-        self.say(f"{step.name}: not started, it needs about {need:.2f} min and the deadline is nearer; "
-                 "run the same command again to continue")
-        return "deadline"
-
-    def run_once(self, step: Step) -> Outcome:
-        if self.left() < step.minutes:
-            return self.refuse(step, step.minutes)
-        rc, seconds, stdout, killed = self.execute(step, step.argv())
-        rows = [json.loads(line) for line in stdout.splitlines() if _is_json(line)]
-        status = "done" if rc == 0 and not killed else ("partial" if killed else "failed")
-        self.save(step, status, step.command(), rc, seconds, rows=rows)
-        return self.judge(step, status, rc, killed)
-
-    def run_training(self, step: Step) -> Outcome:
-        e, budget = self.cfg.expect, step.train
-        trained = trained_minutes(step.run)
-        reserve = step.minutes + (e.pairs if step.pairs and not pairs_ready(step.run) else 0.0)
-        avail = self.left() - reserve
-        want = max(budget - trained, 0.0) if budget else e.min_train
-        if want > 0 and avail < min(want, e.min_train):
-            return self.refuse(step, reserve + min(want, e.min_train))
-        limit = trained + max(avail, 0.0)
-        limit = min(budget, limit) if budget else limit
-        rc, seconds, _, killed = self.execute(step, step.argv(limit))
-        ev, ckpt_step = read_json(step.run / "eval.json"), checkpoint_step(step.run)
-        if killed or rc != 0:
-            status = "partial" if killed or rc == 130 else "failed"
-        elif ev.get("step") != ckpt_step:
-            status = "failed"
-            self.notes.append(f"{step.name}: eval.json is at step {ev.get('step')}, the latest checkpoint at {ckpt_step}")
-        elif not ev.get("time_limit_reached"):
-            status = "done"  # the recipe's steps were reached
-        elif budget and float(ev.get("train_seconds", 0.0)) >= 60 * budget - 0.1:
-            status = "done"  # its training minutes are spent: the marker later steps wait for
-        else:
-            status = "partial"  # stopped at the deadline's time limit: continue next time
-        self.save(step, status, step.command(limit), rc, seconds, time_limit=limit,
-                  trained_step=ev.get("step"), train_seconds=ev.get("train_seconds"))
-        if status == "partial":
-            self.say(f"{step.name}: trained {trained_minutes(step.run):.2f} of "
-                     f"{budget or 'its'} minutes before the deadline; run the same command again to continue")
-            return "deadline"
-        return self.judge(step, status, rc, killed)
-
-    def judge(self, step: Step, status: str, rc: int, killed: bool) -> Outcome:
-        if status == "done":
-            return "done"
-        if killed:
-            self.say(f"{step.name}: stopped at the deadline; run the same command again")
-            return "deadline"
-        log = self.cfg.work / "logs" / f"{step.name}.log"
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("=== ")]
-        last = lines[-1] if lines else "(no output)"
-        self.error = f"step {step.name} failed (exit {rc}): {last.strip()} (log: {log})"
-        return "failed"
-
-    def save(self, step: Step, status: str, command: str, rc: int, seconds: float, **extra) -> None:
-        from genkit.train.checkpoint import write_json_atomic
-
-        rec = self.record(step)
-        runs = rec.get("invocations", []) + [{"command": command, "rc": rc, "seconds": round(seconds, 2), "date": _now()}]
-        rec |= {"name": step.name, "status": status, "invocations": runs,
-                "seconds_total": round(sum(r["seconds"] for r in runs), 2), **extra}
-        self.record_path(step).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.record_path(step), rec)
-        self.this_run[step.name] = status
-
-    def execute(self, step: Step, argv: list[str]) -> tuple[int, float, str, bool]:
-        """Run one command, tee'ing stdout and stderr into its log; (exit status, seconds, stdout, killed)."""
-        log_path = self.cfg.work / "logs" / f"{step.name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = shlex.join(["python", *argv])
-        self.say(f"{step.name}: {command}")
-        captured: list[str] = []
-        lock = threading.Lock()
-        with open(log_path, "ab") as log:
-            log.write(f"\n=== {_now()} $ {command}\n".encode())
-            log.flush()
-            start = time.monotonic()
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            if self.cfg.smoke:  # tiny networks: one thread is fastest, and spares a shared CPU
-                env.setdefault("OMP_NUM_THREADS", "1")
-            # its own process group (the deadline signals the command and its children), same session (a
-            # GPU tool that ends the session's processes when the command returns still ends these)
-            proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    env=env, process_group=0)
-
-            def pump(stream, sink, keep: bool) -> None:
-                decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                for chunk in iter(lambda: stream.read1(1 << 16), b""):
-                    text = decode.decode(chunk)
-                    with lock:
-                        log.write(chunk)
-                        log.flush()
-                        sink.write(text)
-                        sink.flush()
-                    if keep:
-                        captured.append(text)
-
-            pumps = [threading.Thread(target=pump, args=(proc.stdout, sys.stdout, True), daemon=True),
-                     threading.Thread(target=pump, args=(proc.stderr, sys.stderr, False), daemon=True)]
-            for t in pumps:
-                t.start()
-            killed = False
-            try:
-                while True:
-                    try:
-                        proc.wait(timeout=1.0)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    now = time.monotonic()
-                    if now > self.deadline and not killed:
-                        self.say(f"{step.name}: deadline reached, SIGTERM")
-                        _signal(proc, signal.SIGTERM)
-                        killed = True
-                    elif killed and now > self.deadline + GRACE_S:
-                        _signal(proc, signal.SIGKILL)
-            except BaseException:  # Ctrl-C or SIGTERM of the suite: stop the child too
-                _signal(proc, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=GRACE_S)
-                except subprocess.TimeoutExpired:
-                    _signal(proc, signal.SIGKILL)
-                raise
-            finally:
-                for t in pumps:
-                    t.join(timeout=5)
-            seconds = time.monotonic() - start
-            log.write(f"=== exit {proc.returncode} after {seconds:.1f} s\n".encode())
-        return proc.returncode, seconds, "".join(captured), killed
-
-    # -- results
-    def pack(self) -> str:
-        """Write summary-<part>.{json,md} and results-<part>.tar.gz into the out folder; returns the markdown."""
-        from genkit.train.checkpoint import write_json_atomic
-
-        summary = summarize(self)
-        text = markdown(summary)
-        part = self.cfg.part
-        for folder in (self.cfg.work, self.out):
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / f"summary-{part}.json", summary)
-            tmp = folder / f".summary-{part}.md.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, folder / f"summary-{part}.md")
-        dropped = write_tarball(self.out / f"results-{part}.tar.gz", self.files(), self.cfg.work)
-        if dropped:
-            self.say(f"results-{part}.tar.gz: left out {dropped} snapshot PNGs to stay under 16 MB")
-        count = sum(1 for p in self.out.rglob("*") if p.is_file())
-        if count > 8:
-            self.say(f"warning: {self.out} holds {count} files; only 8 come back from the GPU machine")
-        return text
-
-    def files(self) -> list[Path]:
-        work, found = self.cfg.work, []
-        for run in dict.fromkeys(s.run for s in self.steps if s.run is not None):
-            found += [run / n for n in ("eval.json", "config.json", "metrics.jsonl", "fid_curve.json", "comparison.json",
-                                        "comparison.md") if (run / n).is_file()]
-            found += sorted(run.glob("*.png")) + sorted((run / "samples").glob("*.png"))
-        for step in self.steps:
-            found += [p for p in (work / "logs" / f"{step.name}.log", self.record_path(step)) if p.is_file()]
-        found += [work / f"summary-{self.cfg.part}.{ext}" for ext in ("json", "md")]
-        return found
-
-
-def _is_json(line: str) -> bool:
-    if not line.startswith("{"):
-        return False
-    try:
-        json.loads(line)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _signal(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the command's process group (it was started as a group of its own)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def write_tarball(path: Path, files: list[Path], base: Path) -> int:
-    """Pack ``files`` (named relative to ``base``) into ``path`` atomically; returns how many snapshot PNGs
-    (``samples/step_*.png``) were left out to keep it under :data:`TAR_LIMIT`."""
-    import tarfile
-
-    snapshots = [p for p in files if p.parent.name == "samples" and p.name.startswith("step_")]
-    tmp = path.with_name(f".{path.name}.tmp")
-    for drop in (0, len(snapshots) // 2, len(snapshots)):
-        skip = set(snapshots[: drop]) if drop else set()  # oldest first: file names sort by step
-        with tarfile.open(tmp, "w:gz") as tar:
-            for p in files:
-                if p not in skip and p.is_file():
-                    tar.add(p, arcname=str(p.relative_to(base)))
-        if tmp.stat().st_size <= TAR_LIMIT:
-            break
-    os.replace(tmp, path)
-    return drop
-
-
-# ---- summaries ----------------------------------------------------------------------------------------
-def machine_info(device: str) -> dict[str, str]:
-    import torch
-
-    from genkit.bench.sampling import device_name
-    from genkit.cli import resolve_device
-
-    return {"device": device_name(resolve_device(device)), "torch": torch.__version__, "python": sys.executable}
-
-
-STAGE_NAMES = {"rf": "1-RF", "reflow": "2-RF", "distill": "2-RF + distillation"}
-FLOOR = "fid_classifier_floor_train_vs_test"
-
-
-def summarize(suite: Suite) -> dict:
-    cfg = suite.cfg
-    steps = []
-    for step in suite.steps:
-        rec = suite.record(step)
-        steps.append({"name": step.name, "status": rec.get("status", "not run"),
-                      "this_invocation": suite.this_run.get(step.name, "not reached"),
-                      "seconds_total": rec.get("seconds_total"), "commands": [r["command"] for r in rec.get("invocations", [])]})
-    out = {"part": cfg.part, "status": {"done": "complete", "deadline": "incomplete"}.get(suite.outcome, suite.outcome),
-           "error": suite.error, "smoke": cfg.smoke, **suite.machine, "date": _now(), "work": str(cfg.work),
-           "deadline_minutes": cfg.deadline_minutes, "elapsed_minutes": round((time.monotonic() - suite.t0) / 60, 2),
-           "notes": suite.notes, "steps": steps}
-    by_name = {s.name: s for s in suite.steps}
-    if cfg.part == "speed":
-        out["results"] = {name.removeprefix("speed-"): suite.record(s).get("rows", []) for name, s in by_name.items()}
-        return out
-    prefix = DATASETS[cfg.part]
-    evs = {s.name: read_json(s.run / "eval.json") for s in suite.steps if s.train is not None}
-    clf = evs[f"{prefix}-classifier"]
-    results: dict = {"classifier": {k: clf.get(k) for k in ("step", "test_accuracy", "n_test", "train_seconds")}}
-    floors = [ev[FLOOR] for ev in evs.values() if FLOOR in ev]
-    if floors:
-        results["fid_floor_train_vs_test"] = floors[0]
-    if cfg.part.startswith("gans-"):
-        out["results"] = results | gan_results(suite, evs, by_name[f"{prefix}-gans-compare"].run)
-        return out
-    nfe = scale(cfg).mnist_nfe if prefix == "mnist" else scale(cfg).cifar_nfe
-    results["stages"] = []
-    for stage in ("rf", "reflow", "distill"):
-        step = by_name.get(f"{prefix}-{stage}")
-        if step is None:
-            continue
-        ev = evs[step.name]
-        row = {"stage": stage, **_trained(suite, step, ev),
-               "straightness": ev.get("straightness"), "transport_cost": ev.get("transport_cost"),
-               "fid_classifier": {k: ev.get(f"fid_classifier_nfe{k}") for k in nfe},
-               "fid_seconds": {k: ev.get(f"fid_classifier_seconds_nfe{k}") for k in nfe}, "fid_n": ev.get("fid_classifier_n")}
-        if "nll_bpd" in ev:
-            row |= {k: ev.get(k) for k in ("nll_bpd", "nll_bpd_stderr", "nll_n", "nll_seconds", "nll_solver", "nll_rtol")}
-        results["stages"].append(row)
-    out["results"] = results
-    return out
-
-
-def _trained(suite: Suite, step: Step, ev: dict) -> dict:
-    """A training step's run, steps, training minutes (counted and budget) and command minutes."""
-    return {"run": str(step.run), "step": ev.get("step"), "train_minutes": _div(ev.get("train_seconds"), 60),
-            "budget_minutes": step.train, "wall_minutes": _div(suite.record(step).get("seconds_total"), 60)}
-
-
-def gan_results(suite: Suite, evs: dict[str, dict], compare: Path) -> dict:
-    """Each GAN run's training and FID-C curve, and their comparison (comparison.json, comparison.md)."""
-    runs = []
-    for step in suite.steps:
-        if step.module not in GAN_RECIPES:
-            continue
-        ev, points = evs[step.name], read_json(step.run / "fid_curve.json").get("points", [])
-        last = points[-1] if points else {}
-        runs.append({"name": step.name, **_trained(suite, step, ev),
-                     "steps_per_second": _div(ev.get("step"), ev.get("train_seconds") or None),
-                     "checkpoint_every": read_json(step.run / "config.json").get("train", {}).get("checkpoint_every"),
-                     "fid_points": len(points), "generator_steps": last.get("generator_steps"), "fid_last": last.get("fid"),
-                     "fid_n": ev.get("fid_classifier_n")})
-    table = compare / "comparison.md"
-    return {"runs": runs, "comparison": read_json(compare / "comparison.json") or None,
-            "comparison_table": table.read_text() if table.is_file() else None}
-
-
-def _div(x, d: float | None):
-    return None if x is None or d is None else x / d
-
-
-def _f(x, spec: str = ".4g") -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-TRAIN_NOTE = ("train min: training minutes counted by the trainer (--train.time-limit); command min: wall time of "
-              "the training command(s), with start-up, data and the final evaluation")
-JPEG = "this CIFAR-10 is a JPEG re-encoding: no number here is comparable to published CIFAR-10 numbers"
-CAVEATS = {"mnist": "the distilled student is trained for one step: NFE 1 is its number", "cifar": JPEG,
-           "gans-mnist": "each GAN has its recipe's mnist preset (networks, batch, optimisers)", "gans-cifar": JPEG}
-
-
-def _fid_notes(res: dict, n: int | None, caveat: str) -> tuple[str, str]:
-    """(the FID-C floor line, the classifier line) under a part's table."""
-    clf = res["classifier"]
-    return ((f"FID-C floor (train vs test, N = {_f(n, 'd')}): {_f(res.get('fid_floor_train_vs_test'))}. FID-C uses "
-             f"a genkit classifier's features: not comparable to Inception FID; {caveat}."),
-            f"FID-C classifier: test accuracy {_f(clf.get('test_accuracy'))} after {_f(clf.get('step'), 'd')} steps.")
-
-
-def markdown(summary: dict) -> str:
-    """The summary as markdown: the numbers, then every command with its wall time, device and date."""
-    part, res = summary["part"], summary.get("results", {})
-    lines = [f"## genkit bench suite: {part}{' (smoke)' if summary['smoke'] else ''}: {summary['status']}", ""]
-    if summary["error"]:
-        lines += [f"error: {summary['error']}", ""]
-    if part == "speed":
-        cols = {"trainer-overhead": ("case", "batch", "bare_img_per_s", "trainer_img_per_s", "overhead_pct", "bf16",
-                                     "compile"),
-                "sampling": ("preset", "nfe", "batch", "img_per_s", "ms_per_nfe_img", "params_M", "bf16", "compile"),
-                "pairs-memory": ("pairs", "shards", "host_peak_MiB", "gpu_peak_MiB", "seconds", "pairs_per_s")}
-        for name, keys in cols.items():
-            rows = res.get(name, [])
-            lines += [f"{name} ({rows[0]['device'] if rows else 'not measured'}):", ""]
-            lines += _table(keys, [[str(r.get(k, "–")) for k in keys] for r in rows]) + [""]
-    elif part.startswith("gans-"):
-        lines += [(res.get("comparison_table") or "No comparison yet: its step has not run.").rstrip(), ""]
-        header = ["run", "Trainer steps", "generator steps", "train min", "command min", "steps/s", "checkpoint every",
-                  "FID-C points", "last FID-C"]
-        lines += _table(header, [[r["name"], _f(r["step"], "d"), _f(r["generator_steps"], "d"), _f(r["train_minutes"], ".2f"),
-                                  _f(r["wall_minutes"], ".2f"), _f(r["steps_per_second"], ".1f"), _f(r["checkpoint_every"], "d"),
-                                  str(r["fid_points"]), _f(r["fid_last"])] for r in res["runs"]]) + [""]
-        n = next((r["fid_n"] for r in res["runs"] if r["fid_n"]), None)
-        lines += [(f"{TRAIN_NOTE}; steps/s: Trainer steps per training second, what --rates.* guess (checkpoint "
-                   "intervals follow from them); a ReFlow-GAN or WGAN-GP Trainer step is a critic step (5 per generator step)."),
-                  *_fid_notes(res, n, CAVEATS[part]), ""]
-    elif res:
-        nfe = list(res["stages"][0]["fid_classifier"]) if res["stages"] else []
-        header = ["stage", "steps", "train min", "command min", "straightness", *(f"FID-C NFE {k}" for k in nfe)]
-        if part == "cifar":
-            header += ["bits/dim (K=1)", "NLL images", "NLL s"]
-        rows = []
-        for r in res["stages"]:
-            row = [STAGE_NAMES[r["stage"]], _f(r["step"], "d"), _f(r["train_minutes"], ".2f"), _f(r["wall_minutes"], ".2f"),
-                   _f(r["straightness"]), *(_f(r["fid_classifier"][k]) for k in nfe)]
-            if part == "cifar":
-                bpd = "–" if r.get("nll_bpd") is None else f"{r['nll_bpd']:.4f} ± {r['nll_bpd_stderr']:.4f}"
-                row += [bpd, _f(r.get("nll_n"), "d"), _f(r.get("nll_seconds"), ".1f")]
-            rows.append(row)
-        lines += _table(header, rows) + [""]
-        n = next((r["fid_n"] for r in res["stages"] if r["fid_n"]), None)
-        times = "; ".join(f"{STAGE_NAMES[r['stage']]} " + ", ".join(_f(r["fid_seconds"][k], ".1f") for k in nfe)
-                          for r in res["stages"])
-        floor, classifier = _fid_notes(res, n, CAVEATS[part])
-        lines += [f"{TRAIN_NOTE} (and teacher pairs).", floor,
-                  f"FID-C seconds for N = {_f(n, 'd')} samples at NFE {', '.join(map(str, nfe))}: {times}.", classifier, ""]
-    rows = [[s["name"], s["status"], s["this_invocation"], _f(s["seconds_total"], ".1f"),
-             "<br>".join(f"`{c}`" for c in s["commands"]) or "–"] for s in summary["steps"]]
-    lines += _table(["step", "status", "this invocation", "wall s (all)", "commands"], rows) + [""]
-    lines += [f"device {summary.get('device', '?')}, torch {summary.get('torch', '?')}, python = {summary.get('python', '?')}, "
-              f"{summary['date']}; {summary['elapsed_minutes']} of {summary['deadline_minutes']} min used; "
-              + "; ".join(summary["notes"])]
-    return "\n".join(lines)
+# ---- the runner of this command ------------------------------------------------------------------------
+class Suite(Runner):
+    """The runner (genkit.bench.suite_runner) with this command's data and report (genkit.bench.suite_report)."""
+
+    def prepare_data(self) -> str:
+        return prepare_data(self.cfg)
+
+    def machine_info(self) -> dict[str, str]:
+        return suite_report.machine_info(self.cfg.device)
+
+    def summarize(self) -> dict:
+        dataset, s = DATASETS.get(self.cfg.part), scale(self.cfg)
+        return suite_report.summarize(self, dataset=dataset, nfe=s.mnist_nfe if dataset == "mnist" else s.cifar_nfe,
+                                      gan_recipes=GAN_RECIPES)
+
+    def markdown(self, summary: dict) -> str:
+        return suite_report.markdown(summary)
 
 
 # ---- the command ------------------------------------------------------------------------------------
@@ -920,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{step.name}{' (done, would skip)' if done else ''}: {step.command(limit)}")
         print(f"results: {out_dir(cfg)}/results-{cfg.part}.tar.gz, summary-{cfg.part}.json, summary-{cfg.part}.md")
         return 0
-    return Suite(cfg, steps, out_dir(cfg)).run()
+    return EXIT[Suite(cfg, steps, out_dir(cfg)).run()]
 
 
 if __name__ == "__main__":
