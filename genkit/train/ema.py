@@ -32,14 +32,22 @@ class EMA:
         self.decay = decay
         self.warmup = warmup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._source: nn.Module | None = None  # the model the lists below were read from
+        self._params: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._buffer_names: list[str] = []
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Blend ``model``'s parameters in; buffers (e.g. norm statistics) are copied."""
+        if model is not self._source:
+            # Walking a deep network's modules costs more than the update itself: do it once per model.
+            # Parameter objects survive .to() and load_state_dict (their data is replaced in place);
+            # buffers may be replaced by new tensors, so they are looked up by name each time.
+            self._source = model
+            self._params = (list(self.module.parameters()), list(model.parameters()))
+            self._buffer_names = [name for name, _ in model.named_buffers()]
         d = ema_decay(step, self.decay, self.warmup)
-        ema_params = list(self.module.parameters())
-        params = [p.detach() for p in model.parameters()]
         # lerp_(ema, p, w) = ema + w * (p - ema) = d * ema + (1 - d) * p with w = 1 - d
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)
+        torch._foreach_lerp_(*self._params, 1.0 - d)
+        for name in self._buffer_names:
+            self.module.get_buffer(name).copy_(model.get_buffer(name))

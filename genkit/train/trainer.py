@@ -194,10 +194,11 @@ class Trainer:
             for m in self.models.values():
                 m.compile()
         self._autocast = self._autocast_context()
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._stop_requested = False
-        self._sums: dict[str, torch.Tensor] = {}  # running sums of logged scalars (on device: no sync)
-        self._counts: dict[str, int] = {}
+        # scalars of the steps since the last log (0-dim, on the device) and the step each came from:
+        # kept as they are, so a step costs no operation and no sync; reduced when logging
+        self._pending: dict[str, list[torch.Tensor]] = {}
+        self._pending_steps: dict[str, list[int]] = {}
 
     # ---- set-up helpers -------------------------------------------------------------------
     def _check_update_every(self) -> None:
@@ -333,27 +334,36 @@ class Trainer:
             self._ema_updates[m] += 1
 
     def _track(self, key: str, value: torch.Tensor) -> None:
-        if key.startswith("loss/"):
-            bad = ~torch.isfinite(value)
-            self._first_bad = torch.where((self._first_bad < 0) & bad, self.step + 1, self._first_bad)
-        self._sums[key] = self._sums.get(key, 0.0) + value
-        self._counts[key] = self._counts.get(key, 0) + 1
+        """Keep one step's 0-dim value of ``key`` for the next log (no operation, no sync)."""
+        self._pending.setdefault(key, []).append(value)
+        self._pending_steps.setdefault(key, []).append(self.step + 1)
 
     def _log_values(self, steps_per_sec: float) -> dict[str, float]:
         self._check_finite()
-        values = {k: float(v) / self._counts[k] for k, v in self._sums.items()}
+        values = {k: float(torch.stack(v).mean()) for k, v in self._pending.items()}
         for n, o in self.optimizers.items():
             values[f"lr/{n}"] = o.param_groups[0]["lr"]
         values["steps_per_sec"] = steps_per_sec
         values["samples_per_sec"] = steps_per_sec * self.config.batch_size
-        self._sums, self._counts = {}, {}
+        self._pending, self._pending_steps = {}, {}
         return values
 
-    def _check_finite(self) -> None:
-        bad = self._first_bad.clone()
+    def _first_bad_step(self) -> int:
+        """The first step since the last log with a non-finite loss on any rank (-1: none)."""
+        never = torch.iinfo(torch.long).max
+        first = torch.full((), never, dtype=torch.long, device=self.device)
+        for key, values in self._pending.items():
+            if key.startswith("loss/"):
+                steps = torch.tensor(self._pending_steps[key], device=self.device)
+                bad = ~torch.isfinite(torch.stack(values))
+                first = torch.minimum(first, torch.where(bad, steps, never).min())
         if self.dist.enabled:
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        step = int(bad)
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        step = int(first)
+        return -1 if step == never else step
+
+    def _check_finite(self) -> None:
+        step = self._first_bad_step()
         if step >= 0:
             last = self._latest()
             kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
