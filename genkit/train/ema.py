@@ -32,18 +32,18 @@ class EMA:
         self.decay = decay
         self.warmup = warmup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self._source: nn.Module | None = None  # the model the lists below were read from
+        self._read_from: tuple[nn.Module, nn.Module] | None = None  # (model, module) the lists below come from
         self._params: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._buffer_names: list[str] = []
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Blend ``model``'s parameters in; buffers (e.g. norm statistics) are copied."""
-        if model is not self._source:
+        if self._read_from is None or self._read_from[0] is not model or self._read_from[1] is not self.module:
             # Walking a deep network's modules costs more than the update itself: do it once per model.
             # Parameter objects survive .to() and load_state_dict (their data is replaced in place);
             # buffers may be replaced by new tensors, so they are looked up by name each time.
-            self._source = model
+            self._read_from = (model, self.module)
             self._params = (list(self.module.parameters()), list(model.parameters()))
             self._buffer_names = [name for name, _ in model.named_buffers()]
         d = ema_decay(step, self.decay, self.warmup)
