@@ -5,6 +5,7 @@ The whole story is in genkit/bench/suite.py."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -77,9 +78,22 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
 
 
 def _trained(suite: Runner, step: Step, ev: dict) -> dict:
-    """A training step's run, steps, training minutes (counted and budget) and command minutes."""
+    """A training step's run, steps, training minutes (counted and budget), command minutes and throughput."""
     return {"run": str(step.run), "step": ev.get("step"), "train_minutes": _div(ev.get("train_seconds"), 60),
-            "budget_minutes": step.train, "wall_minutes": _div(suite.record(step).get("seconds_total"), 60)}
+            "budget_minutes": step.train, "wall_minutes": _div(suite.record(step).get("seconds_total"), 60),
+            "samples_per_second": _steady_throughput(step.run / "metrics.jsonl")}
+
+
+def _steady_throughput(metrics: Path) -> float | None:
+    """Median ``samples_per_sec`` of a run's log lines after the first (which holds start-up and compilation)."""
+    import statistics
+
+    try:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return None
+    rates = [r["samples_per_sec"] for r in rows[1:] if "samples_per_sec" in r]
+    return statistics.median(rates) if rates else None
 
 
 def gan_results(suite: Runner, evs: dict[str, dict], compare: Path, gan_recipes: Collection[str]) -> dict:
@@ -155,13 +169,14 @@ def markdown(summary: dict) -> str:
                   *_fid_notes(res, n, CAVEATS[part]), ""]
     elif res:
         nfe = list(res["stages"][0]["fid_classifier"]) if res["stages"] else []
-        header = ["stage", "steps", "train min", "command min", "straightness", *(f"FID-C NFE {k}" for k in nfe)]
+        header = ["stage", "steps", "train min", "command min", "train img/s", "straightness",
+                  *(f"FID-C NFE {k}" for k in nfe)]
         if part == "cifar":
             header += ["bits/dim (K=1)", "NLL images", "NLL s"]
         rows = []
         for r in res["stages"]:
             row = [STAGE_NAMES[r["stage"]], _f(r["step"], "d"), _f(r["train_minutes"], ".2f"), _f(r["wall_minutes"], ".2f"),
-                   _f(r["straightness"]), *(_f(r["fid_classifier"][k]) for k in nfe)]
+                   _f(r["samples_per_second"], ".0f"), _f(r["straightness"]), *(_f(r["fid_classifier"][k]) for k in nfe)]
             if part == "cifar":
                 bpd = "–" if r.get("nll_bpd") is None else f"{r['nll_bpd']:.4f} ± {r['nll_bpd_stderr']:.4f}"
                 row += [bpd, _f(r.get("nll_n"), "d"), _f(r.get("nll_seconds"), ".1f")]
@@ -171,7 +186,8 @@ def markdown(summary: dict) -> str:
         times = "; ".join(f"{STAGE_NAMES[r['stage']]} " + ", ".join(_f(r["fid_seconds"][k], ".1f") for k in nfe)
                           for r in res["stages"])
         floor, classifier = _fid_notes(res, n, CAVEATS[part])
-        lines += [f"{TRAIN_NOTE} (and teacher pairs).", floor,
+        lines += [f"{TRAIN_NOTE} (and teacher pairs); train img/s: the median of the run's logged samples_per_sec "
+                  "after its first log line.", floor,
                   f"FID-C seconds for N = {_f(n, 'd')} samples at NFE {', '.join(map(str, nfe))}: {times}.", classifier, ""]
     rows = [[s["name"], s["status"], s["this_invocation"], _f(s["seconds_total"], ".1f"),
              "<br>".join(f"`{c}`" for c in s["commands"]) or "–"] for s in summary["steps"]]
