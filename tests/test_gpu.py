@@ -88,16 +88,18 @@ def _no_sync_between(first: int, last: int):
 @pytest.mark.parametrize("data", ["images", "pairs"])
 def test_a_training_step_never_waits_for_the_gpu(tmp_path, data):
     """Between log and checkpoint steps nothing copies to the host or synchronises: the
-    CPU queues the next step while the GPU runs this one (hflipped images and reflow pairs)."""
+    CPU queues the next step while the GPU runs this one (hflipped images and reflow pairs).
+    Only a new epoch (images) or a new shard (pairs) copies its order from the host: the sizes
+    here keep steps 3..19 inside the first epoch / shard."""
     from genkit.pairs import PairStream, generate_pairs
 
     net = small_unet()
     if data == "images":
-        stream = ImageStream(torch.randint(0, 256, (512, 1, 28, 28), dtype=torch.uint8), 32, seed=0, hflip=True,
+        stream = ImageStream(torch.randint(0, 256, (1024, 1, 28, 28), dtype=torch.uint8), 32, seed=0, hflip=True,
                              device=CUDA)
     else:
-        generate_pairs(lambda x, t: -x, tmp_path / "pairs", n=256, shape=(1, 28, 28), seed=0, method="euler", steps=2,
-                       batch_size=128, shard_size=128, device=CUDA, progress=False)
+        generate_pairs(lambda x, t: -x, tmp_path / "pairs", n=1024, shape=(1, 28, 28), seed=0, method="euler", steps=2,
+                       batch_size=256, shard_size=1024, device=CUDA, progress=False)
         stream = PairStream(tmp_path / "pairs", 32, seed=0, device=CUDA)
     cfg = TrainConfig(steps=20, batch_size=32, log_every=1000, sample_every=0, checkpoint_every=0, grad_clip=1.0,
                       tensorboard=False, progress=False, warmup_steps=5)
