@@ -171,14 +171,17 @@ def test_gans_dry_run_plans_four_gans_their_curves_and_the_comparison(shared, tm
     assert [ln.split(": ")[0] for ln in lines[1:-1]] == [
         "mnist-classifier (done, would skip)", *(f"mnist-{r}{fid}" for r in runs for fid in ("", "-fid")), "mnist-gans-compare"]
     commands = dict(ln.split(": ", 1) for ln in lines[1:-1])
-    for run, objective, every in zip(runs, ("--objective.h identity", "--objective.h log_sigmoid",
-                                            "--objective.kind reflow_gan", "--objective.kind wgan_gp"),
-                                     (3600, 3600, 2880, 2880)):  # guessed steps/s x 240 s / 10 points
+    # guessed generator steps in 240 s: MonoFlow 150/s x 240 = 36,000, ReFlow-GAN/WGAN-GP 120/s x 240 / 5 = 5,760;
+    # checkpoints every 5,760 / 10 = 576 generator steps in every run (576 or 5 x 576 = 2,880 Trainer steps);
+    # grids about 10 per run (MonoFlow: every 6th checkpoint)
+    for run, objective, every, grids in zip(runs, ("--objective.h identity", "--objective.h log_sigmoid",
+                                                   "--objective.kind reflow_gan", "--objective.kind wgan_gp"),
+                                            (576, 576, 2880, 2880), (3456, 3456, 2880, 2880)):
         recipe = "monoflow" if run.startswith("monoflow") else "reflow_gan"
         assert commands[f"mnist-{run}"] == (
             f"python -m genkit.recipes.{recipe} --preset mnist --out {work / f'mnist-{run}'} {objective} --data.root "
             f"{tmp_path / 'd'} --data.no-download --device auto --train.steps 1000000 --train.keep-checkpoints 0 "
-            f"--train.checkpoint-every {every} --train.sample-every {every} --train.time-limit 4")
+            f"--train.checkpoint-every {every} --train.sample-every {grids} --train.time-limit 4")
         assert (f"--run {work / f'mnist-{run}'} --features classifier --classifier {work / 'mnist-classifier'} --ref test "
                 "--n 10000 --checkpoints missing --device auto") in commands[f"mnist-{run}-fid"]
     assert commands["mnist-monoflow-identity-fid"].endswith("--floor")
@@ -189,7 +192,9 @@ def test_gans_dry_run_plans_four_gans_their_curves_and_the_comparison(shared, tm
         assert suite.plan(suite.SuiteConfig(part=part))[0] == suite.plan(suite.SuiteConfig(part=f"gans-{part}"))[0]
     cifar = suite.plan(suite.SuiteConfig(part="gans-cifar", cifar_gan_minutes=3, gan_points=5))
     assert [s.train for s in cifar if s.module in suite.GAN_RECIPES] == [3, 3, 3, 3]
-    assert "--train.checkpoint-every 4320" in cifar[1].command()  # 120 steps/s x 180 s / 5 points
+    # MonoFlow 120/s x 180 s = 21,600 generator steps, ReFlow-GAN 60/s x 180 / 5 = 2,160: every 432 of them
+    assert "--train.checkpoint-every 432 --train.sample-every 4320" in cifar[1].command()
+    assert "--train.checkpoint-every 2160 --train.sample-every 2160" in cifar[5].command()
 
 
 @pytest.mark.parametrize(("flags", "error"), [(["--monoflow-h", "identity", "identity"], "'identity' is listed twice"),
@@ -290,9 +295,10 @@ def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
             assert not parsed.train.compile and parsed.train.steps == cfg.max_steps
         if step.module == "genkit.eval.nll":
             assert (parsed.method, parsed.rtol, parsed.atol, parsed.k, parsed.split) == ("dopri5", 1e-5, 1e-5, 1, "test")
-        if step.module in suite.GAN_RECIPES:  # all checkpoints kept, a grid at each, the minutes end the run
+        if step.module in suite.GAN_RECIPES:  # all checkpoints kept, grids at some of them, the minutes end the run
             t = parsed.train
-            assert t.keep_checkpoints == 0 and t.checkpoint_every == t.sample_every >= 1 and t.steps == cfg.max_steps
+            assert t.keep_checkpoints == 0 and t.checkpoint_every >= 1 and t.steps == cfg.max_steps
+            assert t.sample_every % t.checkpoint_every == 0
             assert parsed.data.dataset == ("imagefolder" if part == "gans-cifar" else "mnist")
             assert not smoke or parsed.model.g_width == parsed.model.d_width == 4  # tiny networks
         if step.module == "genkit.eval.fid" and step.run in gan_runs:

@@ -44,11 +44,13 @@ start-up and the final evaluation come on top). ``--smoke`` also runs every comm
 the issue's 15 minutes.
 
 The gans parts (issue 5) train each GAN for the same minutes (``--mnist-gan-minutes``,
-``--cifar-gan-minutes``) with all checkpoints kept, ``--train.checkpoint-every`` (and the sample grids'
-``--train.sample-every``) set to the recipe's guessed steps per second (``--rates.*``) times its
-training seconds over ``--gan-points``; a FID-C step per run evaluates the checkpoints its
-``fid_curve.json`` lacks, and ``genkit.eval.compare`` tables and plots the curves at equal generator
-steps and equal seconds (the table is in the summary). The FID-C classifier is the mnist or cifar
+``--cifar-gan-minutes``) with all checkpoints kept. Checkpoints fall on the same generator steps in
+every run: every ``k`` generator steps, ``k`` the guessed generator steps of the slowest run (from
+``--rates.*``, the guessed Trainer steps per second, and each recipe's update ratio) over
+``--gan-points``; a faster run gets more checkpoints, and about ``--gan-points`` sample grids. A FID-C
+step per run evaluates the checkpoints its ``fid_curve.json`` lacks, and ``genkit.eval.compare``
+tables and plots the curves at equal generator steps and equal seconds (the table is in the
+summary). The FID-C classifier is the mnist or cifar
 part's (same step, same folder): trained once per work folder.
 
 Time guard: the suite stops ``--deadline-minutes`` after it started (default 9.5: one command may run
@@ -282,19 +284,45 @@ def _flow(cfg: SuiteConfig, name: str, preset: str, stage: str, minutes: float, 
     return Step(name, "genkit.recipes.reflow", args, cfg.expect.overhead, run=run, train=minutes, pairs=teacher is not None)
 
 
+def trainer_steps_per_generator_step(recipe: str, args: Sequence[str]) -> float:
+    """Trainer steps per generator step of a GAN recipe's command (its update ratio, from its resolved config)."""
+    from genkit.cli import parse_config
+
+    if recipe == "monoflow":
+        from genkit.recipes.monoflow import MonoFlowConfig
+
+        o = parse_config(MonoFlowConfig, "monoflow", args).objective
+        return o.d_steps if o.g_steps == 1 else 1.0 / o.g_steps
+    from genkit.recipes.reflow_gan import ReflowGANConfig
+
+    return float(parse_config(ReflowGANConfig, "reflow_gan", args).objective.critic_steps)
+
+
 def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Step]:
-    """Each GAN run for the part's minutes, with its FID-C curve; then their comparison."""
+    """Each GAN run for the part's minutes, with its FID-C curve; then their comparison.
+
+    Checkpoints fall on the same generator steps in every run (every ``k`` generator steps, ``k`` the
+    guessed generator steps of the slowest run over ``--gan-points``), so the comparison at equal
+    generator steps compares checkpoints of exactly equal generator steps; a faster run gets more
+    checkpoints. Sample grids: about ``--gan-points`` per run.
+    """
     ds = DATASETS[cfg.part]
     minutes = scale(cfg).mnist_gan_minutes if ds == "mnist" else scale(cfg).cifar_gan_minutes
     runs = [(f"monoflow-{h}", "monoflow", ("--objective.h", h)) for h in cfg.monoflow_h]
     runs += [(kind, "reflow_gan", ("--objective.kind", kind)) for kind in ("reflow_gan", "wgan_gp")]
+    base = {name: ("--preset", PRESETS[ds], *objective, *data, *(SMOKE_GAN if cfg.smoke else ()))
+            for name, _, objective in runs}
+    ratio = {name: trainer_steps_per_generator_step(recipe, base[name]) for name, recipe, _ in runs}
+    gen_steps = {name: getattr(cfg.rates, f"{recipe}_{ds}") * 60 * minutes / ratio[name] for name, recipe, _ in runs}
+    k = max(1.0, min(gen_steps.values()) / cfg.gan_points)  # generator steps between checkpoints, every run
     steps: list[Step] = []
-    for name, recipe, objective in runs:
+    for name, recipe, _ in runs:
         run = cfg.work / f"{ds}-{name.replace('_', '-')}"
-        every = str(max(1, int(getattr(cfg.rates, f"{recipe}_{ds}") * 60 * minutes / cfg.gan_points)))
-        args = ("--preset", PRESETS[ds], "--out", str(run), *objective, *data, "--train.steps", str(cfg.max_steps),
-                "--train.keep-checkpoints", "0", "--train.checkpoint-every", every, "--train.sample-every", every,
-                *(SMOKE_GAN if cfg.smoke else ()))
+        every = max(1, round(k * ratio[name]))
+        grids = every * max(1, round(gen_steps[name] / k / cfg.gan_points))
+        args = (*base[name][:2], "--out", str(run), *base[name][2:], "--train.steps", str(cfg.max_steps),
+                "--train.keep-checkpoints", "0", "--train.checkpoint-every", str(every),
+                "--train.sample-every", str(grids))
         steps += [Step(run.name, f"genkit.recipes.{recipe}", args, cfg.expect.overhead, run=run, train=minutes),
                   _fid(cfg, f"{run.name}-fid", run, classifier, None, floor=not steps)]  # the data floor once
     out = cfg.work / f"{ds}-gans-compare"
