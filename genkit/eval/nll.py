@@ -21,6 +21,7 @@ not to the headline 2.99.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,13 @@ def image_nll(
                     raise GenkitError(f"density.log_prob returned shape {got}, expected ({batch.shape[0]},)")
                 draws.append(lp.detach().to("cpu", torch.float64))
             log_probs.append(log_mean_exp(torch.stack(draws), 0))
-    log_prob = torch.cat(log_probs)
+    return _image_nll_of(torch.cat(log_probs), num_dims, k)
+
+
+def _image_nll_of(log_prob: Tensor, num_dims: int, k: int) -> ImageNLL:
+    """:class:`ImageNLL` of per-image ``K``-sample log-densities ``log_prob: (N,)`` float64."""
     bpd = bits_per_dim(log_prob, num_dims)
+    n = log_prob.numel()
     stderr = float(bpd.std() / math.sqrt(n)) if n > 1 else math.nan
     return ImageNLL(bits_per_dim=bpd, log_prob=log_prob, mean=float(bpd.mean()), stderr=stderr, k=k, num_dims=num_dims)
 
@@ -215,20 +221,65 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
             lp = torch.cat([density.log_prob(b.to(device), generator=generator).double().cpu()
                             for b in x.split(cfg.batch_size)])
         out |= {"nll_nats": float(-lp.mean()), "nll_nats_stderr": float(lp.std() / math.sqrt(n))}
+        seconds = time.perf_counter() - start
     else:
         from genkit.data.images import load_images
 
         images = load_images(run.data.dataset, root=run.data.root, split=cfg.split, download=run.data.download)
         images = images[: cfg.n] if cfg.n else images
-        res = image_nll(density, images.to(device), k=cfg.k, batch_size=cfg.batch_size, generator=generator, progress=True)
+        res, seconds = _resumable_image_nll(density, images, cfg, device, step=run.step)
         n = res.bits_per_dim.numel()
         out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr, "nll_k": cfg.k,
                 "nll_dequantization": "uniform, offset D log(2/256) (data scaled from 256 levels to [-1, 1])"}
     out |= {"nll_split": cfg.split if len(run.shape) > 1 else "fresh samples", "nll_n": n,
             "nll_divergence": cfg.divergence if cfg.divergence == "exact" else f"hutchinson-{cfg.probe}x{cfg.num_probes}",
             "nll_solver": cfg.method, "nll_atol": cfg.atol, "nll_rtol": cfg.rtol, "nll_weights": cfg.weights,
-            "nll_seed": cfg.seed, "nll_seconds": round(time.perf_counter() - start, 2)}
+            "nll_seed": cfg.seed, "nll_seconds": round(seconds, 2)}
     return out
+
+
+PROGRESS_FILE = "nll_progress.json"
+"""Per-batch results of an image NLL evaluation under way, in the run folder (removed when it ends)."""
+
+
+def _resumable_image_nll(
+    density: Density, images: Tensor, cfg: NLLConfig, device: torch.device, *, step: int
+) -> tuple[ImageNLL, float]:
+    """:func:`image_nll` batch by batch, resumable; returns the result and the seconds of computing it.
+
+    Batch ``i`` (images ``i * batch_size ...``) draws its dequantization and probes from its own
+    generator, seeded ``derive_seed(seed, "nll", i)``, so its log-densities do not depend on which
+    batches were computed before it, or in which process. After each batch they are added to
+    ``<run>/nll_progress.json`` (atomically) with the settings and the checkpoint step; the same
+    command after an interruption skips the batches there (other settings start afresh). The seconds
+    are those of all batches, whichever call computed them.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from genkit.seeding import derive_seed
+    from genkit.train.checkpoint import write_json_atomic
+
+    settings = {"step": step, "n": len(images), **{k: v for k, v in vars(cfg).items() if k not in ("run", "n", "device")}}
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    path = Path(cfg.run) / PROGRESS_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    done: dict[str, dict] = saved.get("batches", {}) if saved.get("settings") == settings else {}
+    starts = range(0, len(images), cfg.batch_size)
+    for i in tqdm([i for i, _ in enumerate(starts) if str(i) not in done], desc="nll", unit="batch"):
+        t0 = time.perf_counter()
+        batch = images[starts[i] : starts[i] + cfg.batch_size].to(device)
+        generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "nll", i))
+        res = image_nll(density, batch, k=cfg.k, generator=generator)
+        done[str(i)] = {"log_prob": res.log_prob.tolist(), "seconds": time.perf_counter() - t0}
+        write_json_atomic(path, {"settings": settings, "batches": done})
+    log_prob = torch.tensor([v for i in range(len(starts)) for v in done[str(i)]["log_prob"]], dtype=torch.float64)
+    path.unlink(missing_ok=True)
+    return _image_nll_of(log_prob, images[0].numel(), cfg.k), sum(b["seconds"] for b in done.values())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,21 +41,12 @@ def test_nll_cli_bad_run_is_one_line(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def image_runs(tmp_path_factory):
-    """A tiny image flow and a tiny classifier on the same 8x8 ImageFolder (2 classes)."""
-    import numpy as np
-    from PIL import Image
-
+def image_runs(tmp_path_factory, image_folder):
+    """A tiny image flow and a tiny classifier on the shared 8x8 ImageFolder (2 classes)."""
     from genkit.recipes import classifier
 
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls, level in (("dark", 40), ("light", 200)):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(16):
-                Image.fromarray(rng.integers(level - 30, level + 30, (8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
-    flow, clf = root / "flow", root / "clf"
+    root, runs = image_folder, tmp_path_factory.mktemp("image-runs")
+    flow, clf = runs / "flow", runs / "clf"
     common = ["--data.dataset", "imagefolder", "--data.root", str(root), "--device", "cpu", "--train.no-tensorboard",
               "--train.no-progress", "--train.batch-size", "8"]
     assert run_main(reflow.main, [*common, "--out", str(flow), "--model.unet-channels", "16", "32", "--model.unet-layers", "1",
@@ -104,3 +95,32 @@ def test_nll_cli_on_images_reports_bits_per_dim(image_runs, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and printed["nll_n"] == 6 and printed["nll_k"] == 1 and printed["nll_split"] == "test"
     assert printed["nll_divergence"] == "hutchinson-rademacherx1" and 0 < printed["nll_bpd"] < 100
+
+
+def test_image_nll_resumes_where_it_stopped_and_equals_one_go(image_runs, capsys, monkeypatch):
+    """Each batch has its own seed and is kept as it is done: a cut-off evaluation, run again, computes
+    only the missing batches and gives what one uninterrupted evaluation gives."""
+    _, flow, _ = image_runs
+    argv = ["--run", str(flow), "--n", "9", "--method", "euler", "--steps", "2", "--batch-size", "3", "--device", "cpu"]
+    assert run_main(nll.main, argv) == 0
+    whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not (flow / nll.PROGRESS_FILE).exists()  # removed when the evaluation ends
+
+    calls, real = [], nll.image_nll
+
+    def cut_off_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the device tool's time limit, say
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nll, "image_nll", cut_off_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(nll.main, argv)
+    saved = json.loads((flow / nll.PROGRESS_FILE).read_text())
+    assert sorted(saved["batches"]) == ["0", "1"]
+    calls.clear()
+    assert run_main(nll.main, argv) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(calls) == 1  # only the third batch was computed
+    assert resumed["nll_bpd"] == whole["nll_bpd"] and resumed["nll_bpd_stderr"] == whole["nll_bpd_stderr"]
