@@ -133,6 +133,7 @@ def test_speed_dry_run_prints_the_benchmark_commands(tmp_path, capsys):
             "--device auto") in lines
     assert "speed-sampling: python -m genkit.bench.sampling --device auto" in lines
     assert "speed-pairs-memory: python -m genkit.bench.pairs_memory --pairs 10000 100000 --device auto" in lines
+    assert "speed-gpu-tests: python -m pytest -q -m gpu tests/test_gpu.py" in lines  # last: a failure costs no number
     assert not (tmp_path / "w").exists()  # nothing ran, nothing was written
 
 
@@ -274,6 +275,7 @@ def _parsers():
         "genkit.bench.trainer_overhead": lambda a: tyro.cli(trainer_overhead.BenchConfig, args=a),
         "genkit.bench.sampling": lambda a: tyro.cli(sampling.BenchConfig, args=a),
         "genkit.bench.pairs_memory": lambda a: tyro.cli(pairs_memory.BenchConfig, args=a),
+        "pytest": lambda a: a,  # the GPU tests: checked by the speed dry-run test
     }
 
 

@@ -13,7 +13,7 @@ On the GPU machine, from the repository root (``.whl`` and ``.data`` are git-ign
 fills them here: carry both; results come back only through $OUT)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-    python3 -m genkit.bench.suite speed       # timeout_s 600: one call
+    python3 -m genkit.bench.suite speed       # timeout_s 600: one call (benchmarks, then pytest -m gpu)
     python3 -m genkit.bench.suite mnist       # timeout_s 600: about three calls of the same command
     python3 -m genkit.bench.suite cifar       # timeout_s 600: about four calls of the same command
     python3 -m genkit.bench.suite gans-mnist  # timeout_s 600: about three calls of the same command
@@ -341,8 +341,10 @@ def plan(cfg: SuiteConfig) -> list[Step]:
                                   "--steps", "2")}
         full = {"trainer-overhead": ("--cases", "unet", "--batch-sizes", "128", "512"), "sampling": (),
                 "pairs-memory": ("--pairs", "10000", "100000")}
-        return [Step(f"speed-{name}", f"genkit.bench.{name.replace('-', '_')}", (*args, *dev), e.bench)
-                for name, args in (smoke if cfg.smoke else full).items()]
+        benches = [Step(f"speed-{name}", f"genkit.bench.{name.replace('-', '_')}", (*args, *dev), e.bench)
+                   for name, args in (smoke if cfg.smoke else full).items()]
+        # last, so that a failing check does not cost the numbers (skipped without CUDA)
+        return [*benches, Step("speed-gpu-tests", "pytest", ("-q", "-m", "gpu", "tests/test_gpu.py"), e.bench)]
     data = _data(cfg)
     clf = _classifier(cfg, data)
     if cfg.part.startswith("gans-"):
