@@ -307,3 +307,13 @@ def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
             assert parsed.checkpoints == "missing" and parsed.features == "classifier"
         if step.module == "genkit.eval.compare":
             assert parsed.runs == gan_runs and len(gan_runs) == 4 and parsed.out == step.run
+
+
+def test_generator_steps_follow_the_recipes_own_update_ratios():
+    """MonoFlow's particle form with several generator steps per discriminator step still updates the
+    generator every Trainer step; WGAN-GP every critic_steps-th."""
+    ratio = suite.trainer_steps_per_generator_step
+    assert ratio("monoflow", ["--preset", "mnist"]) == 1
+    assert ratio("monoflow", ["--preset", "mnist", "--objective.form", "particle", "--objective.g-steps", "3"]) == 1
+    assert ratio("monoflow", ["--preset", "mnist", "--objective.d-steps", "2"]) == 2
+    assert ratio("reflow_gan", ["--preset", "mnist", "--objective.kind", "wgan_gp"]) == 5

@@ -285,18 +285,18 @@ def _flow(cfg: SuiteConfig, name: str, preset: str, stage: str, minutes: float, 
     return Step(name, "genkit.recipes.reflow", args, cfg.expect.overhead, run=run, train=minutes, pairs=teacher is not None)
 
 
-def trainer_steps_per_generator_step(recipe: str, args: Sequence[str]) -> float:
-    """Trainer steps per generator step of a GAN recipe's command (its update ratio, from its resolved config)."""
+def trainer_steps_per_generator_step(recipe: str, args: Sequence[str]) -> int:
+    """Trainer steps per generator step of a GAN recipe's command: the generator's update ratio in the
+    recipe's own set-up (``players``) of its resolved config."""
     from genkit.cli import parse_config
 
     if recipe == "monoflow":
-        from genkit.recipes.monoflow import MonoFlowConfig
+        from genkit.recipes.monoflow import MonoFlowConfig, players
 
-        o = parse_config(MonoFlowConfig, "monoflow", args).objective
-        return o.d_steps if o.g_steps == 1 else 1.0 / o.g_steps
-    from genkit.recipes.reflow_gan import ReflowGANConfig
+        return players(parse_config(MonoFlowConfig, "monoflow", args)).update_every.get("generator", 1)
+    from genkit.recipes.reflow_gan import ReflowGANConfig, players
 
-    return float(parse_config(ReflowGANConfig, "reflow_gan", args).objective.critic_steps)
+    return players(parse_config(ReflowGANConfig, "reflow_gan", args)).update_every.get("generator", 1)
 
 
 def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Step]:
