@@ -87,13 +87,13 @@ def all_reduce_grads(params: Iterable[torch.Tensor], info: DistInfo) -> None:
         offset += n
 
 
-def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any rank (e.g. a stop request)."""
+def any_rank(flags: tuple[bool, ...], info: DistInfo, device: torch.device) -> tuple[bool, ...]:
+    """Each flag true on every rank if it is true on any rank (e.g. a stop request): one collective."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return flags
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
 
 
 def barrier(info: DistInfo) -> None:

@@ -296,8 +296,8 @@ class Trainer:
         ckpt_step = self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0
         if self.step % _DDP_STOP_CHECK and not ckpt_step and self.step != self.config.steps:
             return False, False
-        return (distributed.any_rank(flags[0], self.dist, self.device),
-                distributed.any_rank(flags[1], self.dist, self.device))
+        stop, out_of_time = distributed.any_rank(flags, self.dist, self.device)
+        return stop, out_of_time
 
     def _due(self) -> tuple[str, ...]:
         """Names of the optimizers that step in the coming step (its update ratio divides it)."""
