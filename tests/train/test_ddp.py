@@ -12,22 +12,27 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_identical_params_and_rank0_files(tmp_path):
+def torchrun_toy(tmp_path, args):
+    """The toy recipe under torchrun with 2 ranks (gloo) into ``tmp_path/run``; each rank's final
+    parameters and first batch, as the worker recorded them."""
     side, out = tmp_path / "side", tmp_path / "run"
     side.mkdir()
-    args = ["--preset", "toy", "--out", str(out), "--train.steps", "30", "--train.batch-size", "64",
-            "--train.log-every", "10", "--train.checkpoint-every", "10", "--train.sample-every", "15",
-            "--train.no-tensorboard", "--sample.n-eval", "200", "--sample.steps", "10",
-            "--sample.n-snapshot", "100", "--device", "cpu"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(side), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(side),
+           "--preset", "toy", "--out", str(out), "--device", "cpu", "--train.no-tensorboard", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-
     r0, r1 = load_file(str(side / "rank0.safetensors")), load_file(str(side / "rank1.safetensors"))
-    assert not torch.equal(r0["first_batch"], r1["first_batch"])  # each rank reads its own data
     params = [k for k in r0 if k.startswith("param.")]
-    assert params and all(torch.equal(r0[k], r1[k]) for k in params)
+    assert params and all(torch.equal(r0[k], r1[k]) for k in params)  # identical weights on both ranks
+    return out, r0, r1
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_identical_params_and_rank0_files(tmp_path):
+    out, r0, r1 = torchrun_toy(tmp_path, ["--train.steps", "30", "--train.batch-size", "64", "--train.log-every", "10",
+                                          "--train.checkpoint-every", "10", "--train.sample-every", "15",
+                                          "--sample.n-eval", "200", "--sample.steps", "10", "--sample.n-snapshot", "100"])
+    assert not torch.equal(r0["first_batch"], r1["first_batch"])  # each rank reads its own data
 
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 30]  # written once: only rank 0 logs
@@ -39,18 +44,11 @@ def test_torchrun_two_ranks_identical_params_and_rank0_files(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_time_limit_stops_both_ranks_at_the_same_step(tmp_path):
-    side, out = tmp_path / "side", tmp_path / "run"
-    side.mkdir()
-    args = ["--preset", "toy", "--out", str(out), "--train.steps", "1000000", "--train.time-limit", "0.02",
-            "--train.batch-size", "64", "--train.log-every", "1000000", "--train.checkpoint-every", "1000000",
-            "--train.sample-every", "0", "--train.no-tensorboard", "--sample.n-eval", "100", "--sample.steps", "2",
-            "--sample.n-snapshot", "50", "--device", "cpu"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(side), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = load_file(str(side / "rank0.safetensors")), load_file(str(side / "rank1.safetensors"))
-    params = [k for k in r0 if k.startswith("param.")]
-    assert params and all(torch.equal(r0[k], r1[k]) for k in params)  # same number of steps on both ranks
+    # (identical weights on both ranks, checked by torchrun_toy, mean the same number of steps)
+    out, _, _ = torchrun_toy(tmp_path, ["--train.steps", "1000000", "--train.time-limit", "0.02", "--train.batch-size", "64",
+                                        "--train.log-every", "1000000", "--train.checkpoint-every", "1000000",
+                                        "--train.sample-every", "0", "--sample.n-eval", "100", "--sample.steps", "2",
+                                        "--sample.n-snapshot", "50"])
     (ckpt_dir,) = (out / "checkpoints").iterdir()
     step = int(ckpt_dir.name.split("_")[1])
     assert 0 < step < 1000000 and step % 10 == 0  # the ranks agree on stopping every 10 steps
