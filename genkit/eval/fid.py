@@ -410,6 +410,7 @@ def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> d
     """
     from genkit.cli import resolve_device
     from genkit.eval.runs import checkpoint_steps, load_eval_run
+    from genkit.train.trainer import resolve_precision
 
     device = resolve_device(cfg.device)
     run = load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema")
@@ -422,7 +423,7 @@ def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> d
     mu_ref, sigma_ref, n_ref = reference_stats(run.data, cfg.ref, extractor, n=cfg.n, batch_size=cfg.batch_size,
                                                stats_dir=cfg.stats_dir, device=device)
     key = f"fid_{cfg.features}"
-    precision: Precision = ("bf16" if device.type == "cuda" else "fp32") if cfg.precision == "auto" else cfg.precision
+    precision = resolve_precision(cfg.precision, device)
     provenance: dict[str, str | int] = {
         "extractor": extractor.name, "ref": f"{run.data.dataset}:{cfg.ref}", "n": cfg.n, "n_ref": n_ref,
         "solver": cfg.solver if is_flow else "generator", "weights": cfg.weights, "precision": precision,

@@ -37,6 +37,13 @@ from genkit.train.ema import EMA
 from genkit.train.logging import MetricsLogger
 
 
+def resolve_precision(precision: Literal["auto", "fp32", "bf16"], device: torch.device) -> Literal["fp32", "bf16"]:
+    """``auto``: bf16 autocast on CUDA, float32 elsewhere; an explicit choice stands."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 _DDP_STOP_CHECK = 10  # steps between the ranks' agreement on stopping (see Trainer._stop_flags)
 
 
@@ -218,9 +225,7 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / w) if w > 0 else 1.0)
 
     def _autocast_context(self) -> Callable[[], contextlib.AbstractContextManager]:
-        p = self.config.precision
-        use_bf16 = p == "bf16" or (p == "auto" and self.device.type == "cuda")
-        if not use_bf16:
+        if resolve_precision(self.config.precision, self.device) == "fp32":
             return contextlib.nullcontext
         return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
 
