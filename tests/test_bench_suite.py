@@ -4,6 +4,7 @@ No MNIST or CIFAR-10 here: a fake ``--shared`` folder holds MNIST IDX .gz files 
 a tiny ``cifar10_jpg.tar.gz`` (3 classes of random 32x32 JPEGs), laid out as ../shared/data.
 """
 
+import dataclasses
 import gzip
 import io
 import json
@@ -317,3 +318,25 @@ def test_generator_steps_follow_the_recipes_own_update_ratios():
     assert ratio("monoflow", ["--preset", "mnist", "--objective.form", "particle", "--objective.g-steps", "3"]) == 1
     assert ratio("monoflow", ["--preset", "mnist", "--objective.d-steps", "2"]) == 2
     assert ratio("reflow_gan", ["--preset", "mnist", "--objective.kind", "wgan_gp"]) == 5
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_keep_going_runs_the_steps_after_a_failed_one(keep_going, tmp_path, capsys, monkeypatch):
+    plan = suite.plan
+
+    def broken_first_step(cfg):  # the first benchmark's module does not exist: its step fails
+        first, *rest = plan(cfg)
+        return [dataclasses.replace(first, module="genkit.bench.no_such_benchmark"), *rest]
+
+    monkeypatch.setattr(suite, "plan", broken_first_step)
+    work = tmp_path / "w"
+    argv = ["speed", "--smoke", "--work", str(work), "--out", str(tmp_path / "o"), "--device", "cpu",
+            "--keep-going" if keep_going else "--no-keep-going"]
+    assert run_main(suite.main, argv) == suite.EXIT["failed"]
+    status = {p.stem: json.loads(p.read_text())["status"] for p in (work / "steps").glob("*.json")}
+    if keep_going:
+        assert status == {"speed-trainer-overhead": "failed", "speed-sampling": "done",
+                          "speed-pairs-memory": "done", "speed-gpu-tests": "done"}
+    else:
+        assert status == {"speed-trainer-overhead": "failed"}
+    assert capsys.readouterr().err.count("step speed-trainer-overhead failed") == 1

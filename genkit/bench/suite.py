@@ -151,6 +151,8 @@ class SuiteConfig:
     dry_run: bool = False
     """print the planned commands and exit"""
     deadline_minutes: float = 9.5
+    keep_going: bool = False
+    """after a failed step, go on with the next ones (steps that need its output fail in turn); exit 1 at the end"""
     device: str = "auto"
     """passed to every command: auto, cpu, cuda, cuda:N"""
     rf_minutes: float | None = None

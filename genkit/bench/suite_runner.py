@@ -134,6 +134,7 @@ class Runner(ABC):
         return self.outcome
 
     def run_steps(self) -> Outcome:
+        failed: list[str] = []
         for step in self.steps:
             if self.record(step).get("status") == "done":
                 self.this_run[step.name] = "skipped"
@@ -141,8 +142,15 @@ class Runner(ABC):
                 continue
             outcome = self.run_training(step) if step.train is not None else self.run_once(step)
             self.pack()
+            if outcome == "failed" and self.cfg.keep_going:
+                failed.append(self.error)
+                self.say(f"{self.error}; going on (--keep-going)")
+                continue
             if outcome != "done":
                 return outcome
+        if failed:
+            self.error = "; ".join(failed)
+            return "failed"
         if all(v == "skipped" for v in self.this_run.values()):
             self.say(f"all {len(self.steps)} steps were done earlier: nothing to run")
         return "done"
