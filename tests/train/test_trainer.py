@@ -284,3 +284,19 @@ def test_train_seconds_leave_out_the_compiling_step(tmp_path, compile_):
     result = Trainer({"model": model}, {"model": torch.optim.Adam(model.parameters())}, SlowFirstCall(),
                      ToyStream("moons", 8, seed=0), config, run_dir=tmp_path, recipe="test", run_config={}).fit()
     assert (result.train_seconds < 0.5) == compile_
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_mode_reaches_torch_compile(mode, expected):
+    seen = []
+
+    class RecordingMLP(VelocityMLP):
+        def compile(self, *args, **kwargs):  # records instead of compiling (slow on the CPU)
+            seen.append(kwargs.get("mode"))
+
+    model = RecordingMLP(2, hidden=8, depth=1)
+    config = TrainConfig(steps=1, batch_size=8, compile=True, compile_mode=mode, tensorboard=False, progress=False,
+                         sample_every=0, checkpoint_every=0)
+    Trainer({"model": model}, {"model": torch.optim.Adam(model.parameters())}, FlowMatching(AffinePath(LinearSchedule())),
+            ToyStream("moons", 8, seed=0), config, run_dir=None, recipe="test", run_config={}).fit()
+    assert seen == [expected]
