@@ -308,6 +308,26 @@ def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
             assert parsed.checkpoints == "missing" and parsed.features == "classifier"
         if step.module == "genkit.eval.compare":
             assert parsed.runs == gan_runs and len(gan_runs) == 4 and parsed.out == step.run
+        if step.module == "genkit.bench.trainer_overhead":
+            assert parsed.compile_mode == ("reduce-overhead" if step.name.endswith("-cudagraphs") else "default")
+
+
+def test_compile_mode_reaches_the_flow_training_commands_only(tmp_path):
+    parse = _parsers()["genkit.recipes.reflow"]
+    cfg = suite.SuiteConfig(part="mnist", work=tmp_path, compile_mode="reduce-overhead")
+    flows = [step for step in suite.plan(cfg) if step.module == "genkit.recipes.reflow"]
+    assert len(flows) == 3 and all(parse(step.argv(1.0)[2:]).train.compile_mode == "reduce-overhead" for step in flows)
+    assert all("--train.compile-mode" not in step.args for step in suite.plan(cfg) if step not in flows)
+
+
+def test_only_keeps_the_named_steps_in_plan_order(tmp_path, capsys):
+    steps = suite.plan(suite.SuiteConfig(part="speed", work=tmp_path))
+    assert [s.name for s in suite.select(steps, ["speed-gpu-tests", "speed-trainer-overhead-cudagraphs"])] == [
+        "speed-trainer-overhead-cudagraphs", "speed-gpu-tests"]
+    assert suite.select(steps, []) == steps
+    assert run_main(suite.main, ["speed", "--dry-run", "--work", str(tmp_path), "--only", "speed-nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --only: no step speed-nope") and err.count("\n") == 1 and "speed-sampling" in err
 
 
 def test_generator_steps_follow_the_recipes_own_update_ratios():
@@ -335,8 +355,8 @@ def test_keep_going_runs_the_steps_after_a_failed_one(keep_going, tmp_path, caps
     assert run_main(suite.main, argv) == suite.EXIT["failed"]
     status = {p.stem: json.loads(p.read_text())["status"] for p in (work / "steps").glob("*.json")}
     if keep_going:
-        assert status == {"speed-trainer-overhead": "failed", "speed-sampling": "done",
-                          "speed-pairs-memory": "done", "speed-gpu-tests": "done"}
+        assert status == {"speed-trainer-overhead": "failed", "speed-trainer-overhead-cudagraphs": "done",
+                          "speed-sampling": "done", "speed-pairs-memory": "done", "speed-gpu-tests": "done"}
     else:
         assert status == {"speed-trainer-overhead": "failed"}
     assert capsys.readouterr().err.count("step speed-trainer-overhead failed") == 1

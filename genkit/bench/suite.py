@@ -23,15 +23,17 @@ fills them here: carry both; results come back only through $OUT)::
 A call that exits 3 stopped at its deadline: repeat the same command at once, while the machine is
 still held (the work folder, checkpoints included, lives on that machine only).
 
-A part longer than one command can also run in the background, started by the first call in a
-process session of its own (which outlives the call, not the machine)::
+A 30-minute GPU session is best spent as ONE background chain (this is how the 2026-11-23 session
+ran speed, then mnist, in 22 minutes of one machine): the first call starts the parts in a process
+session of their own (it outlives the call, not the machine), later calls only wait and copy::
 
-    setsid nohup python3 -m genkit.bench.suite mnist --deadline-minutes 25 --out runs/suite/out > runs/suite.log 2>&1 &
-    sleep 560; tail -3 runs/suite.log                      # later calls, each within 30 s of the last
-    sleep 500; cp runs/suite/out/* "$OUT"/                 # the last call fetches the results
+    setsid nohup bash -c 'python3 -m genkit.bench.suite speed --keep-going --deadline-minutes 9 --out runs/o-speed;
+      python3 -m genkit.bench.suite mnist --keep-going --deadline-minutes 14 --out runs/o-mnist' > runs/gpu.log 2>&1 &
+    sleep 560; cp runs/o-*/* "$OUT"/; tail -5 runs/gpu.log   # every call within 30 s of the last one's end
 
-Every call must follow the previous one within the machine's idle window (30 s), or the machine goes
-back with the work folder.
+``--keep-going`` goes on after a failed step; ``--only STEP...`` runs some steps of a part. Every call
+must follow the previous one within the machine's idle window (30 s), or the machine goes back with
+the work folder; copy the summaries to $OUT in every call.
 
 Each step runs ``python -m <module> ...`` as a subprocess (``PYTHONUNBUFFERED=1``), its output
 tee'd into ``<work>/logs/<step>.log``, and leaves ``<work>/steps/<step>.json`` (status, commands,
@@ -83,6 +85,7 @@ import tyro
 from genkit.bench import suite_report
 from genkit.bench.suite_runner import Runner, read_json
 from genkit.errors import GenkitError
+from genkit.train.trainer import CompileMode
 
 PROG = "python -m genkit.bench.suite"
 Part = Literal["speed", "mnist", "cifar", "gans-mnist", "gans-cifar"]
@@ -98,11 +101,17 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 @dataclass(frozen=True)
 class Expect:
-    """Expected minutes on the GPU, for the deadline guard only (guesses: adjust them from a summary's wall times)."""
+    """Expected minutes on the GPU, for the deadline guard only (adjust them from a summary's wall times).
 
-    overhead: float = 1.0
-    """a training command outside its training loop: start, data loading, final evaluation"""
-    pairs: float = 1.5
+    Measured on one H100 on 2026-11-23 (the summary's wall times): a first mnist flow command spent
+    2.4 min outside training (1.6 compiling, 0.8 start and final evaluation), a later one 0.8 (the
+    compiled code cached); 20k mnist teacher pairs (rk4, 25 steps) 1.7 min; an mnist FID-C command at
+    NFE 1 2 10 100 1.6 to 1.75 min; the mnist classifier 0.6 min; the three speed benchmarks 5.5,
+    1.3 and 1.8 min (the first before both sides shared one compiled model), the GPU tests 2.2 min."""
+
+    overhead: float = 2.0
+    """a training command outside its training loop: start, data loading, compiling, final evaluation"""
+    pairs: float = 2.0
     """generating one stage's teacher pairs (stages reflow and distill), on top of overhead"""
     min_train: float = 1.0
     """the least training worth starting a training command for"""
@@ -153,6 +162,10 @@ class SuiteConfig:
     deadline_minutes: float = 9.5
     keep_going: bool = False
     """after a failed step, go on with the next ones (steps that need its output fail in turn); exit 1 at the end"""
+    only: tuple[str, ...] = ()
+    """run only these steps of the part (names as --dry-run prints them; empty: all)"""
+    compile_mode: CompileMode = "default"
+    """--train.compile-mode of the flow training commands (mnist, cifar): reduce-overhead replays CUDA graphs"""
     device: str = "auto"
     """passed to every command: auto, cpu, cuda, cuda:N"""
     rf_minutes: float | None = None
@@ -282,8 +295,9 @@ def _flow(cfg: SuiteConfig, name: str, preset: str, stage: str, minutes: float, 
     unet = ("--model.unet-channels", *(("8", "8") if preset == "mnist" else ("8", "8", "8"))) if cfg.smoke else ()
     pairs = () if teacher is None else ("--teacher", str(teacher), "--pairs.n", str(scale(cfg).pairs),
                                         *(SMOKE_PAIRS if cfg.smoke else ()))
+    mode = () if cfg.compile_mode == "default" else ("--train.compile-mode", cfg.compile_mode)
     args = ("--preset", preset, "--stage", stage, "--out", str(run), *pairs, *data, "--train.steps", str(cfg.max_steps),
-            *unet, *(SMOKE_FLOW if cfg.smoke else ()))
+            *mode, *unet, *(SMOKE_FLOW if cfg.smoke else ()))
     return Step(name, "genkit.recipes.reflow", args, cfg.expect.overhead, run=run, train=minutes, pairs=teacher is not None)
 
 
@@ -341,9 +355,13 @@ def plan(cfg: SuiteConfig) -> list[Step]:
                  "sampling": (*SMOKE_UNET, "--nfe", "1", "2", "--batch-size", "4", "--batches", "2", "--no-compile"),
                  "pairs-memory": (*SMOKE_UNET, "--pairs", "8", "16", "--batch-size", "8", "--shard-size", "8",
                                   "--steps", "2")}
-        full = {"trainer-overhead": ("--cases", "unet", "--batch-sizes", "128", "512"), "sampling": (),
-                "pairs-memory": ("--pairs", "10000", "100000")}
-        benches = [Step(f"speed-{name}", f"genkit.bench.{name.replace('-', '_')}", (*args, *dev), e.bench)
+        smoke["trainer-overhead-cudagraphs"] = (*smoke["trainer-overhead"], "--compile-mode", "reduce-overhead")
+        full = {"trainer-overhead": ("--cases", "unet", "--batch-sizes", "128", "512"),
+                "trainer-overhead-cudagraphs": ("--cases", "unet", "--batch-sizes", "128", "512",
+                                                "--compile-mode", "reduce-overhead"),
+                "sampling": (), "pairs-memory": ("--pairs", "10000", "100000")}
+        module = {"trainer-overhead-cudagraphs": "genkit.bench.trainer_overhead"}
+        benches = [Step(f"speed-{name}", module.get(name, f"genkit.bench.{name.replace('-', '_')}"), (*args, *dev), e.bench)
                    for name, args in (smoke if cfg.smoke else full).items()]
         # last, so that a failing check does not cost the numbers (skipped without CUDA)
         return [*benches, Step("speed-gpu-tests", "pytest", ("-q", "-m", "gpu", "tests/test_gpu.py"), e.bench)]
@@ -364,6 +382,15 @@ def plan(cfg: SuiteConfig) -> list[Step]:
            "--batch-size", str(cfg.nll_batch_size), "--n", str(s.nll_n), *dev)
     return [clf, flow, Step("cifar-rf-nll", "genkit.eval.nll", nll, e.nll, run=flow.run),
             _fid(cfg, "cifar-rf-fid", flow.run, clf.run, s.cifar_nfe, floor=True)]
+
+
+def select(steps: list[Step], only: Sequence[str]) -> list[Step]:
+    """The steps named in ``only`` (all if empty), in the plan's order."""
+    names = [step.name for step in steps]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise GenkitError(f"--only: no step {', '.join(unknown)} in this part (its steps: {', '.join(names)})")
+    return [step for step in steps if not only or step.name in only]
 
 
 def check(cfg: SuiteConfig) -> None:
@@ -486,7 +513,7 @@ def out_dir(cfg: SuiteConfig) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = tyro.cli(SuiteConfig, args=argv, prog=PROG, description=__doc__.split("\n\n")[0])
     check(cfg)
-    steps = plan(cfg)
+    steps = select(plan(cfg), cfg.only)
     if cfg.dry_run:
         print(prepare_data(cfg, dry_run=True))
         for step in steps:

@@ -148,8 +148,9 @@ def markdown(summary: dict) -> str:
     if summary["error"]:
         lines += [f"error: {summary['error']}", ""]
     if part == "speed":
-        cols = {"trainer-overhead": ("case", "batch", "bare_img_per_s", "trainer_img_per_s", "overhead_pct", "bf16",
-                                     "compile"),
+        overhead = ("case", "batch", "bare_img_per_s", "trainer_img_per_s", "overhead_pct", "overhead_pct_min",
+                    "overhead_pct_max", "bf16", "compile_mode")
+        cols = {"trainer-overhead": overhead, "trainer-overhead-cudagraphs": overhead,
                 "sampling": ("preset", "nfe", "batch", "img_per_s", "ms_per_nfe_img", "params_M", "bf16", "compile"),
                 "pairs-memory": ("pairs", "shards", "host_peak_MiB", "gpu_peak_MiB", "seconds", "pairs_per_s")}
         for name, keys in cols.items():
