@@ -95,3 +95,22 @@ def test_pairs_memory_host_peak_stays_flat(capsys, tmp_path, monkeypatch):
     growth = rows[1]["host_peak_MiB"] - rows[0]["host_peak_MiB"]
     assert growth < extra / 2, f"host peak grew {growth:.1f} MiB from {small} to {large} pairs: {out}"
     assert "host peak" in out
+
+
+def test_step_profile_times_and_profiles_both_sides(capsys):
+    from genkit.bench import step_profile
+
+    assert step_profile.main(["--rounds", "1", "--steps", "3", "--profiled-steps", "2", "--rows", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ms/step: bare") == 1 and "torch.compile:" in out
+    assert "\nbare: host" in out and "\nTrainer: host" in out and "launches/step" in out
+
+
+def test_trainer_overhead_reports_the_spread_over_repeats(capsys):
+    from genkit.bench import trainer_overhead
+
+    argv = ["--cases", "mlp", "--steps", "5", "--warmup", "1", "--repeats", "3", "--compile-mode", "reduce-overhead"]
+    assert trainer_overhead.main(argv) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["overhead_pct_min"] <= row["overhead_pct"] <= row["overhead_pct_max"]
+    assert row["repeats"] == 3 and row["compile_mode"] is None  # nothing is compiled on the CPU
