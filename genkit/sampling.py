@@ -2,6 +2,8 @@
 
 :class:`ODESampler` draws ``x_0 ~ N(0, I)`` and integrates a velocity field from
 ``t = 0`` to ``t = 1`` with a solver from :mod:`genkit.solvers`.
+:func:`compile_for_sampling` is the one place that decides when a network evaluated many times
+for evaluation (teacher pairs, FID, bits/dim, the sampling benches) runs through ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,33 @@ from torch import Tensor, nn
 from genkit.errors import GenkitError
 from genkit.solvers import FIXED_STEP_METHODS, METHODS, Field, Method, Trajectory, integrate, time_grid
 
-__all__ = ["GeneratorSampler", "ODESampler", "Sampler", "Samples"]
+__all__ = ["GeneratorSampler", "ODESampler", "Sampler", "Samples", "compile_for_sampling", "compiles_for_sampling"]
+
+
+def compiles_for_sampling(device: str | torch.device, enabled: bool = True) -> bool:
+    """Whether :func:`compile_for_sampling` compiles on ``device``: when ``enabled`` and on CUDA only.
+
+    On the CPU, compiling costs far more than it saves on these workloads, and the CPU test
+    suite must not compile.
+    """
+    return enabled and torch.device(device).type == "cuda"
+
+
+def compile_for_sampling(net: nn.Module, device: str | torch.device, *, enabled: bool = True) -> nn.Module:
+    """``torch.compile(net)`` (default mode) on CUDA when ``enabled``; ``net`` itself otherwise.
+
+    For loops that evaluate one network many times on batches of one shape (teacher pairs, FID
+    sampling, the divergence of bits/dim, which compiles the backward too): on an H100 the
+    CIFAR-10 UNet took 0.054 ms per image-evaluation compiled against 0.14 ms eager (bf16), which
+    repays the compile time (tens of seconds) only over many evaluations; one-off evaluations such
+    as sample grids should stay eager. Another batch shape (a smaller last batch) recompiles once.
+
+    Returns a wrapper sharing ``net``'s parameters; ``net`` itself is left as it was (no in-place
+    ``net.compile()``), so its state dict keys and later eager uses are unchanged. Compiling is
+    lazy: it happens at the first call. Precision stays the caller's: wrap the result in bf16
+    autocast (e.g. ``genkit.recipes.reflow_eval.autocast_field``) as before.
+    """
+    return torch.compile(net) if compiles_for_sampling(device, enabled) else net
 
 
 @runtime_checkable

@@ -276,22 +276,26 @@ def _divergence(v: Tensor, x: Tensor, probes: Tensor | None, *, create_graph: bo
     if not v.requires_grad:  # v does not depend on x at all
         return x.new_zeros(x.shape[0])
 
-    def vjp(w: Tensor) -> Tensor:  # w^T dv/dx, (B, ...) in x's dtype
+    def vjp(w: Tensor, *, last: bool) -> Tensor:  # w^T dv/dx, (B, ...) in x's dtype
+        # The graph is kept only while another product follows (or for create_graph): a network
+        # compiled with torch.compile (AOTAutograd) allows one backward per forward by default.
         (g,) = torch.autograd.grad(
-            v, x, grad_outputs=w.to(v.dtype), retain_graph=True, create_graph=create_graph, allow_unused=True
+            v, x, grad_outputs=w.to(v.dtype), retain_graph=create_graph or not last, create_graph=create_graph,
+            allow_unused=True,
         )
         return torch.zeros_like(x) if g is None else g.to(x.dtype)
 
     if probes is None:
         div = x.new_zeros(x.shape[0])
-        for i in range(x[0].numel()):
+        num_dims = x[0].numel()
+        for i in range(num_dims):
             # A fresh one-hot each time: with create_graph the VJP's graph may keep it.
             one_hot = torch.zeros_like(x).flatten(1)
             one_hot[:, i] = 1
-            div = div + vjp(one_hot.view_as(x)).flatten(1)[:, i]
+            div = div + vjp(one_hot.view_as(x), last=i == num_dims - 1).flatten(1)[:, i]
         return div
     div = x.new_zeros(x.shape[0])
-    for eps in probes:
+    for k, eps in enumerate(probes):
         eps = eps.to(v.dtype).to(x.dtype)  # the probe exactly as the VJP sees it
-        div = div + (vjp(eps) * eps).flatten(1).sum(1)
+        div = div + (vjp(eps, last=k == len(probes) - 1) * eps).flatten(1).sum(1)
     return div / probes.shape[0]

@@ -9,3 +9,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def compile_forbidden(monkeypatch):
+    """``torch.compile`` raises: for checks that a CPU path stays eager."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compile was called on a CPU path")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+
+
+@pytest.fixture
+def compile_spy(monkeypatch):
+    """The networks :func:`genkit.sampling.compile_for_sampling` would compile on CUDA, on the CPU.
+
+    Its device rule is told every device is CUDA, and ``torch.compile`` records its argument and
+    returns it unchanged (so the path still runs, eagerly). Returns the list of recorded networks.
+    """
+    import genkit.sampling
+
+    calls = []
+
+    def record(net, *args, **kwargs):
+        calls.append(net)
+        return net
+
+    monkeypatch.setattr(torch, "compile", record)
+    monkeypatch.setattr(genkit.sampling, "compiles_for_sampling", lambda device, enabled=True: enabled)
+    return calls

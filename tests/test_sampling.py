@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from genkit.errors import GenkitError
-from genkit.sampling import ODESampler, Sampler
+from genkit.sampling import ODESampler, Sampler, compile_for_sampling, compiles_for_sampling
 
 MU, SIGMA, D = 1.7, 0.4, 2
 
@@ -77,3 +77,19 @@ def test_image_shaped_samples():
     assert sampler.solve(torch.zeros(1, 1, 4, 4)).x.requires_grad  # solve() is differentiable
     z = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, z * 0.8**5)  # five Euler steps of dx/dt = -x with dt = 0.2
+
+
+def test_compile_for_sampling_never_compiles_on_the_cpu(compile_forbidden):
+    net = torch.nn.Linear(2, 2)
+    assert compile_for_sampling(net, "cpu") is net and compile_for_sampling(net, torch.device("cpu")) is net
+    assert compile_for_sampling(net, "cuda", enabled=False) is net  # --no-compile
+    assert not compiles_for_sampling("cpu") and not compiles_for_sampling("cuda:1", enabled=False)
+
+
+def test_compile_for_sampling_compiles_once_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda net, *args, **kwargs: calls.append((net, args, kwargs)) or "compiled")
+    net = torch.nn.Linear(2, 2)
+    assert compiles_for_sampling(torch.device("cuda", 0))
+    assert compile_for_sampling(net, torch.device("cuda", 0)) == "compiled"  # no CUDA needed to ask
+    assert calls == [(net, (), {})]  # once, the network itself, default mode

@@ -4,17 +4,19 @@
     python -m genkit.bench.pairs_memory --pairs 10000 100000 --steps 4 --method rk4
 
 For each ``--pairs`` value a fresh Python process (``--child``) builds a random-weights UNet
-teacher of ``--preset`` (bf16 autocast on CUDA, as the reflow recipe runs it), writes the
-pairs with :func:`genkit.pairs.generate_pairs` into a temporary folder (deleted afterwards)
-and reports its peak host memory, peak GPU memory (``torch.cuda.max_memory_allocated``, 0 on
-the CPU), the wall time and pairs/s. A fresh process per size keeps the peaks apart.
+teacher of ``--preset`` (on CUDA compiled and in bf16 autocast, as the reflow recipe runs it;
+``--no-compile``: eager), writes the pairs with :func:`genkit.pairs.generate_pairs` into a
+temporary folder (deleted afterwards) and reports its peak host memory, peak GPU memory
+(``torch.cuda.max_memory_allocated``, 0 on the CPU), the wall time and pairs/s (a compiled
+teacher is compiled before the timing starts: ``compile_seconds``). A fresh process per size
+keeps the peaks apart.
 
 Peak host memory is the process's high-water resident set: ``VmHWM`` of
 ``/proc/self/status`` on Linux, else ``ru_maxrss``. (``ru_maxrss`` of a process started by
 another one also counts the parent's peak at the time of the fork/exec, so it would report
 the parent's memory whenever that is larger.) It includes what importing torch and building
-the teacher took, reported alone as ``host_setup_MiB``. Prints one JSON line per size, then a
-table and the growth of both peaks from the smallest to the largest size.
+(and compiling) the teacher took, reported alone as ``host_setup_MiB``. Prints one JSON line
+per size, then a table and the growth of both peaks from the smallest to the largest size.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class BenchConfig:
     method: Method = "euler"
     dtype: StoreDtype = "float32"
     """dtype of the stored pairs"""
+    compile: bool = True
+    """torch.compile the teacher, as the reflow recipe does (CUDA only)"""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N"""
     unet_channels: tuple[int, ...] = ()
@@ -80,27 +84,47 @@ def host_peak_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
+def warm_up(teacher, shape: tuple[int, ...], batch_size: int, device: torch.device) -> float:
+    """Seconds of one untimed Euler step on a full batch: compiles the teacher before the timing starts."""
+    from genkit.sampling import ODESampler
+
+    start = time.perf_counter()
+    with torch.no_grad():  # the same call as generate_pairs makes: no recompilation later
+        ODESampler(teacher, shape, method="euler", steps=1, device=device).solve(
+            torch.zeros((batch_size, *shape), device=device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def measure(cfg: BenchConfig, n: int, folder: Path) -> dict:
     """Generate ``n`` pairs into ``folder`` with a random-weights UNet teacher; one result row.
 
-    Run it in a fresh process: the host peak is the process's whole life.
+    Run it in a fresh process: the host peak is the process's whole life. A compiled teacher is
+    compiled first (``compile_seconds``), outside the timed generation, so that ``seconds`` and
+    ``pairs_per_s`` compare with an eager teacher's; a recipe pays the compilation once per run.
     """
     from genkit.bench.sampling import device_name, unet_field
     from genkit.pairs import generate_pairs
     from genkit.cli import resolve_device
     from genkit.recipes.reflow_eval import autocast_field
+    from genkit.sampling import compile_for_sampling, compiles_for_sampling
 
     device = resolve_device(cfg.device)
     net, shape = unet_field(cfg.preset, seed=cfg.seed, unet_channels=cfg.unet_channels, unet_layers=cfg.unet_layers,
                             image_size=cfg.image_size)
     net = net.to(device).eval()
+    teacher = autocast_field(compile_for_sampling(net, device, enabled=cfg.compile), device, "bf16")
+    compiled = compiles_for_sampling(device, cfg.compile)
+    first_batch = min(cfg.batch_size, cfg.shard_size, n)  # the shape generate_pairs starts with
+    compile_seconds = warm_up(teacher, shape, first_batch, device) if compiled else 0.0
     setup = host_peak_mib()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     info = generate_pairs(
-        autocast_field(net, device, "bf16"), folder, n=n, shape=shape, seed=cfg.seed, method=cfg.method,
+        teacher, folder, n=n, shape=shape, seed=cfg.seed, method=cfg.method,
         steps=cfg.steps, batch_size=cfg.batch_size, shard_size=cfg.shard_size, device=device, dtype=cfg.dtype,
         teacher=f"random-weights {cfg.preset} UNet (genkit.bench.pairs_memory)", progress=False,
     )
@@ -108,7 +132,8 @@ def measure(cfg: BenchConfig, n: int, folder: Path) -> dict:
     gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     return {
         "pairs": n, "preset": cfg.preset, "shape": list(shape), "device": device_name(device),
-        "bf16": device.type == "cuda", "method": cfg.method, "steps": cfg.steps, "nfe": info.nfe,
+        "bf16": device.type == "cuda", "compile": compiled, "compile_seconds": round(compile_seconds, 2),
+        "method": cfg.method, "steps": cfg.steps, "nfe": info.nfe,
         "batch": cfg.batch_size, "shard_size": cfg.shard_size, "shards": info.num_shards, "dtype": cfg.dtype,
         "disk_MiB": round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1),
         "host_setup_MiB": round(setup, 1), "host_peak_MiB": round(host_peak_mib(), 1),
@@ -120,7 +145,8 @@ def child_argv(cfg: BenchConfig, n: int, tmp_root: str) -> list[str]:
     """Command-line flags that make a ``--child`` process measure ``n`` pairs with ``cfg``'s settings."""
     argv = ["--child", "--pairs", str(n), "--tmp-root", tmp_root, "--preset", cfg.preset,
             "--batch-size", str(cfg.batch_size), "--shard-size", str(cfg.shard_size), "--steps", str(cfg.steps),
-            "--method", cfg.method, "--dtype", cfg.dtype, "--device", cfg.device,
+            "--method", cfg.method, "--dtype", cfg.dtype, "--compile" if cfg.compile else "--no-compile",
+            "--device", cfg.device,
             "--unet-layers", str(cfg.unet_layers), "--image-size", str(cfg.image_size), "--seed", str(cfg.seed)]
     if cfg.unet_channels:  # empty means the preset's, which is also the child's default
         argv += ["--unet-channels", *map(str, cfg.unet_channels)]

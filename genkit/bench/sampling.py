@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from genkit.errors import GenkitError
     from genkit.cli import resolve_device
     from genkit.recipes.reflow_eval import autocast_field
+    from genkit.sampling import compile_for_sampling, compiles_for_sampling
 
     cfg = tyro.cli(BenchConfig, args=argv, prog="python -m genkit.bench.sampling")
     _check_count("batch_size", cfg.batch_size, 1)
@@ -128,11 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             image_size=cfg.image_size)
     net = net.to(device).eval()
     params_m = round(sum(p.numel() for p in net.parameters()) / 1e6, 3)
-    compile_ = cfg.compile and device.type == "cuda"
-    if compile_:
-        net.compile()
+    compile_ = compiles_for_sampling(device, cfg.compile)
     bf16 = device.type == "cuda"
-    field = autocast_field(net, device, "bf16")  # bf16 network on CUDA, float32 solver state
+    # compiled and bf16 on CUDA, float32 solver state: as the evaluation paths sample
+    field = autocast_field(compile_for_sampling(net, device, enabled=cfg.compile), device, "bf16")
     rows = []
     for k in cfg.nfe:
         row = {"preset": cfg.preset, "shape": list(shape), "params_M": params_m, "device": device_name(device),

@@ -152,7 +152,8 @@ def markdown(summary: dict) -> str:
                     "overhead_pct_max", "bf16", "compile_mode")
         cols = {"trainer-overhead": overhead, "trainer-overhead-cudagraphs": overhead,
                 "sampling": ("preset", "nfe", "batch", "img_per_s", "ms_per_nfe_img", "params_M", "bf16", "compile"),
-                "pairs-memory": ("pairs", "shards", "host_peak_MiB", "gpu_peak_MiB", "seconds", "pairs_per_s")}
+                "pairs-memory": ("pairs", "shards", "host_peak_MiB", "gpu_peak_MiB", "seconds", "pairs_per_s", "compile",
+                                 "compile_seconds")}
         for name, keys in cols.items():
             rows = res.get(name, [])
             lines += [f"{name} ({rows[0]['device'] if rows else 'not measured'}):", ""]

@@ -101,6 +101,8 @@ class PairsConfig:
     batch_size: int = 1000
     shard_size: int = 10_000
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    compile: bool = True
+    """torch.compile the teacher while simulating the pairs (CUDA only; the CPU always runs eagerly)"""
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,20 @@ from genkit.data.toy import TOY_DATASETS, sample_toy
 from genkit.eval.distances import energy_distance
 from genkit.eval.straightness import straightness
 from genkit.recipes.reflow import LoadedRun, ReflowConfig, main_sampler_steps, make_sampler
+from genkit.sampling import compile_for_sampling
 from genkit.seeding import derive_seed
+from genkit.train.trainer import resolve_precision
 
 GRID = 64  # images per sample grid
 
 
 def autocast_field(net: nn.Module, device: torch.device, precision: str) -> Callable:
-    """``net`` evaluated in bf16 on CUDA (unless precision is fp32); the solver state stays float32."""
-    if device.type != "cuda" or precision == "fp32":
+    """``net`` evaluated in bf16 on CUDA (unless precision is fp32); the solver state stays float32.
+
+    ``precision`` is the Trainer's (auto, fp32, bf16), resolved by its ``resolve_precision``; on the
+    CPU the network always runs in float32.
+    """
+    if device.type != "cuda" or resolve_precision(precision, device) != "bf16":
         return net
 
     def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -35,12 +41,17 @@ def _noise(n: int, shape: tuple[int, ...], seed: int, purpose: str, device: torc
 
 
 def make_pairs(teacher: LoadedRun, cfg: ReflowConfig, out: Path, device: torch.device):
-    """Simulate (or finish simulating) the teacher's pairs into ``out``; returns ``PairsInfo``."""
+    """Simulate (or finish simulating) the teacher's pairs into ``out``; returns ``PairsInfo``.
+
+    The teacher runs compiled on CUDA unless ``--pairs.no-compile`` (see
+    :func:`genkit.sampling.compile_for_sampling`), in bf16 unless the precision is fp32.
+    """
     from genkit.pairs import generate_pairs
 
     p = cfg.pairs
+    teacher_net = compile_for_sampling(teacher.field, device, enabled=p.compile)
     return generate_pairs(
-        autocast_field(teacher.field, device, cfg.train.precision), out, n=p.n, shape=teacher.shape, seed=cfg.seed,
+        autocast_field(teacher_net, device, cfg.train.precision), out, n=p.n, shape=teacher.shape, seed=cfg.seed,
         method=p.method, steps=p.steps, batch_size=p.batch_size, shard_size=p.shard_size, device=device,
         dtype=getattr(torch, p.dtype), teacher=f"{cfg.teacher} (step {teacher.step}, EMA)",
         progress=cfg.train.progress,

@@ -61,9 +61,31 @@ def test_pairs_memory_child_gets_every_setting(tmp_path):
     from genkit.bench.pairs_memory import BenchConfig, child_argv
 
     cfg = BenchConfig(preset="mnist", pairs=(5, 50), batch_size=7, shard_size=9, steps=3, method="rk4",
-                      dtype="float16", device="cpu", unet_channels=(8, 16), unet_layers=1, image_size=16, seed=4)
+                      dtype="float16", compile=False, device="cpu", unet_channels=(8, 16), unet_layers=1, image_size=16,
+                      seed=4)
     parsed = tyro.cli(BenchConfig, args=child_argv(cfg, 50, str(tmp_path)))
     assert parsed == dataclasses.replace(cfg, pairs=(50,), child=True, tmp_root=Path(tmp_path))
+    assert tyro.cli(BenchConfig, args=child_argv(BenchConfig(), 50, str(tmp_path))).compile  # the default, passed on
+
+
+def _measure_tiny_pairs(tmp_path, **settings) -> dict:
+    from genkit.bench.pairs_memory import BenchConfig, measure
+
+    cfg = BenchConfig(pairs=(6,), batch_size=3, shard_size=6, steps=1, device="cpu", unet_channels=(8, 8, 8),
+                      unet_layers=1, image_size=16, **settings)
+    return measure(cfg, 6, tmp_path / "pairs")
+
+
+def test_pairs_memory_never_compiles_on_the_cpu(tmp_path, compile_forbidden):
+    row = _measure_tiny_pairs(tmp_path)  # --compile is the default
+    assert row["compile"] is False and row["compile_seconds"] == 0 and row["nfe"] == 2
+
+
+@pytest.mark.parametrize("compile_", [True, False])
+def test_pairs_memory_compiles_the_teacher_once_on_cuda(tmp_path, compile_spy, compile_):
+    row = _measure_tiny_pairs(tmp_path, compile=compile_)
+    assert row["compile"] is compile_ and len(compile_spy) == int(compile_)
+    assert (row["compile_seconds"] > 0) is compile_  # the warm-up before the timing
 
 
 @pytest.mark.slow

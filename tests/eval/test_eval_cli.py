@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from genkit.cli import run_main
 from genkit.eval import nll
@@ -124,3 +125,40 @@ def test_image_nll_resumes_where_it_stopped_and_equals_one_go(image_runs, capsys
     resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(calls) == 1  # only the third batch was computed
     assert resumed["nll_bpd"] == whole["nll_bpd"] and resumed["nll_bpd_stderr"] == whole["nll_bpd_stderr"]
+
+
+def _fid_and_nll(flow, clf, stats, *flags):
+    """FID (one NFE) and bits/dim of the tiny image flow on the CPU, with ``flags``; both must succeed."""
+    from genkit.eval import fid
+
+    assert run_main(fid.main, ["--run", str(flow), "--features", "classifier", "--classifier", str(clf), "--n", "4",
+                               "--nfe", "2", "--batch-size", "4", "--device", "cpu", "--stats-dir", str(stats),
+                               *flags]) == 0
+    assert run_main(nll.main, ["--run", str(flow), "--n", "3", "--method", "euler", "--steps", "2", "--batch-size", "3",
+                               "--device", "cpu", *flags]) == 0
+
+
+def test_fid_and_nll_never_compile_on_the_cpu(image_runs, tmp_path, compile_forbidden):
+    _, flow, clf = image_runs
+    _fid_and_nll(flow, clf, tmp_path)  # --compile is the default
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-compile",)])
+def test_fid_and_nll_compile_the_flow_once_on_cuda(image_runs, tmp_path, compile_spy, flags):
+    import tyro
+
+    from genkit.eval import fid
+
+    for config_cls in (fid.FIDConfig, nll.NLLConfig):  # the flag parses; compiling is the default
+        assert tyro.cli(config_cls, args=["--run", "r", *flags]).compile is (not flags)
+    _, flow, clf = image_runs
+    _fid_and_nll(flow, clf, tmp_path, *flags)
+    if flags:
+        assert compile_spy == []
+    else:  # one sampler for FID, one density for NLL: each compiles the run's (frozen, eval-mode) flow once
+        assert len(compile_spy) == 2
+        assert all(isinstance(net, torch.nn.Module) and not net.training for net in compile_spy)
+        # two probes take two backward passes per forward, which a compiled backward refuses: eager
+        assert run_main(nll.main, ["--run", str(flow), "--n", "3", "--method", "euler", "--steps", "2",
+                                   "--batch-size", "3", "--num-probes", "2", "--device", "cpu"]) == 0
+        assert len(compile_spy) == 2

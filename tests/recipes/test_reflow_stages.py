@@ -117,3 +117,28 @@ def test_image_size_the_unet_cannot_halve(capsys, tmp_path):
     err = one_line(*run(["--data.dataset", "imagefolder", "--data.root", str(data), "--model.unet-channels", "16", "32", "32",
                          "--out", str(tmp_path / "r"), "--train.steps", "1", "--train.batch-size", "2", "--device", "cpu"], capsys))
     assert "image size 10" in err
+
+
+def _pairs_with_a_tiny_teacher(tmp_path, *flags):
+    """``make_pairs`` as the reflow stage calls it, on the CPU, with a small MLP teacher; returns (cfg, teacher)."""
+    from genkit.cli import parse_config
+    from genkit.nn.mlp import VelocityMLP
+    from genkit.recipes.reflow_eval import make_pairs
+
+    cfg = parse_config(reflow.ReflowConfig, "reflow", ["--stage", "reflow", "--teacher", str(tmp_path / "teacher"),
+                                                       "--train.no-progress", *PAIRS, *flags])
+    teacher = reflow.LoadedRun(VelocityMLP(2, hidden=8, depth=1).eval(), cfg, (2,), step=0)
+    assert make_pairs(teacher, cfg, tmp_path / "pairs", torch.device("cpu")).n == 300
+    return cfg, teacher
+
+
+def test_teacher_pairs_never_compile_on_the_cpu(tmp_path, compile_forbidden):
+    cfg, _ = _pairs_with_a_tiny_teacher(tmp_path)
+    assert cfg.pairs.compile  # the default
+
+
+@pytest.mark.parametrize("flags", [(), ("--pairs.no-compile",)])
+def test_teacher_pairs_compile_the_teacher_once_on_cuda(tmp_path, compile_spy, flags):
+    cfg, teacher = _pairs_with_a_tiny_teacher(tmp_path, *flags)
+    assert cfg.pairs.compile is (not flags)
+    assert compile_spy == ([] if flags else [teacher.field])
