@@ -294,6 +294,7 @@ def test_every_planned_command_parses_with_its_own_cli(part, smoke, tmp_path):
             assert parsed.train.time_limit == 1.5 and parsed.out == step.run
         if step.module == "genkit.recipes.reflow" and part == "cifar":
             assert parsed.data.dataset == "imagefolder" and parsed.model.unet == "cifar10"
+            assert parsed.train.ema_decay == (0.9999 if smoke else 0.999)  # smoke: the preset's
         if step.module == "genkit.recipes.reflow" and smoke:
             assert not parsed.train.compile and parsed.train.steps == cfg.max_steps
         if step.module == "genkit.eval.nll":
