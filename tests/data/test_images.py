@@ -195,3 +195,13 @@ def test_stream_bad_input():
     stream = ImageStream(_images(), 8, seed=0)
     with pytest.raises(GenkitError, match="batches per epoch"):
         stream.load_state_dict({"epoch": 0, "index": 99})
+
+
+def test_imagefolder_keeps_the_order_across_decoding_threads(tmp_path):
+    """More images than one thread's chunk (1,000): the result is still in ImageFolder's order."""
+    n = 2100
+    values = torch.arange(n) % 251  # pixel value i % 251 marks image i
+    for i in range(n):
+        _write_png(tmp_path / "c" / f"{i:05d}.png", torch.full((3, 2, 2), int(values[i]), dtype=torch.uint8))
+    x = load_images("imagefolder", root=tmp_path)
+    assert x.shape == (n, 3, 2, 2) and torch.equal(x[:, 0, 0, 0].long(), values)
