@@ -123,10 +123,10 @@ def test_compiling_is_not_training_time(tmp_path):
     assert result.train_seconds < 0.2 * (time.perf_counter() - t0)  # compiling the UNet takes most of the wall time
 
 
-@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune-no-cudagraphs"])
-def test_compile_modes_train_like_the_default_mode(mode):
+def test_cuda_graphs_train_like_the_default_mode():
     """CUDA graphs (reduce-overhead) replay the default mode's kernels: the same updates, with gradient
-    accumulation too (a graph's outputs are consumed before the next micro-step replays it)."""
+    accumulation too (a graph's outputs are consumed before the next micro-step replays it). (The
+    max-autotune modes autotune every convolution: minutes of compiling, not tested here.)"""
     from genkit.train.trainer import CompileMode
 
     def update(mode: CompileMode) -> torch.Tensor:
@@ -140,7 +140,7 @@ def test_compile_modes_train_like_the_default_mode(mode):
                 stream, cfg, run_dir=None, recipe="test", run_config={}).fit()
         return torch.cat([p.detach().flatten() for p in net.parameters()]) - start
 
-    ref, got = update("default"), update(mode)
+    ref, got = update("default"), update("reduce-overhead")
     assert torch.isfinite(got).all() and torch.linalg.vector_norm(ref) > 0
     # same math up to bf16 rounding in other kernels (Adam's first steps move each weight by about
     # +-lr, so a few near-zero gradients may flip); stale graph outputs would give unrelated updates
