@@ -99,7 +99,9 @@ class TrainConfig:
     """torch.compile's mode (with compile): reduce-overhead and max-autotune replay CUDA graphs, so a
     step costs two graph launches instead of one launch per kernel (about 2,000 for the CIFAR-10 UNet):
     for steps whose GPU work is shorter than their launches (small models or batches). default and
-    max-autotune-no-cudagraphs launch kernel by kernel"""
+    max-autotune-no-cudagraphs launch kernel by kernel. CUDA graphs reuse a network's output memory
+    at its next call: tested for one network called once per micro-step (the flow recipes); the GAN
+    recipes, which call the generator twice in a step, keep to the default mode"""
     log_every: int = 100
     sample_every: int = 1000
     """snapshot (sample grids) every this many steps (0: only at the end)"""
