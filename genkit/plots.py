@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -81,10 +81,11 @@ def save_trajectories(xs: Tensor, path: PathLike, *, title: str = "", max_paths:
 
 def save_curves(
     curves: dict[str, tuple[list[float], list[float]]], path: PathLike, *, xlabel: str, ylabel: str,
-    title: str = "", logx: bool = False,
+    title: str = "", logx: bool = False, logy: bool = False, hlines: dict[str, float] | None = None,
 ) -> None:
-    """Line plot of named curves ``{label: (xs, ys)}`` with markers (e.g. FID against NFE)."""
-    panel = CurvePanel(curves, xlabel=xlabel, ylabel=ylabel, logx=logx)
+    """Line plot of named curves ``{label: (xs, ys)}`` with markers (e.g. FID against NFE), and labelled
+    horizontal reference lines ``hlines`` (e.g. the data's own FID floor)."""
+    panel = CurvePanel(curves, xlabel=xlabel, ylabel=ylabel, logx=logx, logy=logy, hlines=hlines or {})
     _check_panel(panel, "save_curves")
     _save_figure(panel.draw, path, title)
 
@@ -97,8 +98,12 @@ class CurvePanel:
     xlabel: str
     ylabel: str
     logx: bool = False
+    logy: bool = False
+    """a log y axis (FID spans orders of magnitude between 1 and 100 steps)"""
     vlines: tuple[float, ...] = ()
     """x positions marked by dashed vertical lines (e.g. a budget)"""
+    hlines: dict[str, float] = field(default_factory=dict)
+    """labelled y values marked by dotted horizontal lines (e.g. the train-vs-test FID floor)"""
     title: str = ""
 
     def draw(self, ax) -> None:
@@ -106,8 +111,13 @@ class CurvePanel:
             ax.plot(xs, ys, marker="o", label=label)
         for x in self.vlines:
             ax.axvline(x, color="0.4", ls="--", lw=1)
+        for label, y in self.hlines.items():
+            ax.axhline(y, color="0.3", ls=":", lw=1.2, label=label)
         if self.logx:
             ax.set_xscale("log")
+        values = [y for _, ys in self.curves.values() for y in ys] + list(self.hlines.values())
+        if self.logy and min(values) > 0:  # (a zero or negative value keeps the linear axis)
+            ax.set_yscale("log")
         ax.set_xlabel(self.xlabel)
         ax.set_ylabel(self.ylabel)
         if self.title:

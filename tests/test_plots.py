@@ -68,3 +68,22 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
         save_image_grid(torch.ones(1, 1, 4, 4), out)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_curve_panel_log_y_and_reference_lines():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genkit.plots import CurvePanel
+
+    fig, (a, b) = plt.subplots(1, 2)
+    CurvePanel({"fid": ([1, 10, 100], [400.0, 3.5, 1.6])}, xlabel="NFE", ylabel="FID", logx=True, logy=True,
+               hlines={"floor": 0.16}).draw(a)
+    assert a.get_yscale() == "log" and a.get_xscale() == "log"
+    assert [line.get_ydata()[0] for line in a.get_lines()[1:]] == [0.16]  # the floor, after the curve
+    assert "floor" in [t.get_text() for t in a.get_legend().get_texts()]
+    CurvePanel({"fid": ([1, 2], [0.0, 1.0])}, xlabel="x", ylabel="y", logy=True).draw(b)  # a zero: linear
+    assert b.get_yscale() == "linear"
+    plt.close(fig)

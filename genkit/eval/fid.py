@@ -469,9 +469,11 @@ def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> d
         from genkit.plots import save_curves
 
         nfes = sorted(cfg.nfe)
+        floor_key = f"{key}_floor_train_vs_{cfg.ref}"
+        floor = {f"train vs {cfg.ref} split (floor)": out[floor_key]} if floor_key in out else {}
         save_curves({f"{cfg.solver}, {cfg.weights} weights": (nfes, [out[f"{key}_nfe{k}"] for k in nfes])},
                     Path(cfg.run) / f"fid_{cfg.features}_vs_nfe.png", xlabel="NFE", ylabel=f"FID ({extractor.name}, N={cfg.n})",
-                    title=f"{run.data.dataset}: FID against NFE", logx=True)
+                    title=f"{run.data.dataset}: FID against NFE", logx=True, logy=True, hlines=floor)
     return out
 
 
