@@ -41,7 +41,7 @@ def compile_for_sampling(net: nn.Module, device: str | torch.device, *, enabled:
     Returns a wrapper sharing ``net``'s parameters; ``net`` itself is left as it was (no in-place
     ``net.compile()``), so its state dict keys and later eager uses are unchanged. Compiling is
     lazy: it happens at the first call. Precision stays the caller's: wrap the result in bf16
-    autocast (e.g. ``genkit.recipes.reflow_eval.autocast_field``) as before.
+    autocast (``genkit.precision.autocast_field``) as before.
     """
     return torch.compile(net) if compiles_for_sampling(device, enabled) else net
 

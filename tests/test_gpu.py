@@ -152,7 +152,7 @@ def test_compiled_sampling_and_nll_match_eager():
     them) and one bits/dim batch (float32; the divergence's backward compiled by AOTAutograd) agree."""
     from genkit.eval.density import FlowDensity
     from genkit.eval.nll import image_nll
-    from genkit.recipes.reflow_eval import autocast_field
+    from genkit.precision import autocast_field
     from genkit.sampling import compile_for_sampling
 
     net = small_unet().eval().requires_grad_(False)  # as load_network freezes a run's flow

@@ -107,7 +107,7 @@ def measure(cfg: BenchConfig, n: int, folder: Path) -> dict:
     from genkit.bench.sampling import device_name, unet_field
     from genkit.pairs import generate_pairs
     from genkit.cli import resolve_device
-    from genkit.recipes.reflow_eval import autocast_field
+    from genkit.precision import autocast_field
     from genkit.sampling import compile_for_sampling, compiles_for_sampling
 
     device = resolve_device(cfg.device)

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from genkit.data.toy import _check_count
     from genkit.errors import GenkitError
     from genkit.cli import resolve_device
-    from genkit.recipes.reflow_eval import autocast_field
+    from genkit.precision import autocast_field
     from genkit.sampling import compile_for_sampling, compiles_for_sampling
 
     cfg = tyro.cli(BenchConfig, args=argv, prog="python -m genkit.bench.sampling")

@@ -412,7 +412,7 @@ def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> d
     """
     from genkit.cli import resolve_device
     from genkit.eval.runs import checkpoint_steps, load_eval_run
-    from genkit.train.trainer import resolve_precision
+    from genkit.precision import resolve_precision
 
     device = resolve_device(cfg.device)
     run = load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema")

@@ -12,27 +12,11 @@ from genkit.data.toy import TOY_DATASETS, sample_toy
 from genkit.eval.distances import energy_distance
 from genkit.eval.straightness import straightness
 from genkit.recipes.reflow import LoadedRun, ReflowConfig, main_sampler_steps, make_sampler
+from genkit.precision import autocast_field
 from genkit.sampling import compile_for_sampling
 from genkit.seeding import derive_seed
-from genkit.train.trainer import resolve_precision
 
 GRID = 64  # images per sample grid
-
-
-def autocast_field(net: nn.Module, device: torch.device, precision: str) -> Callable:
-    """``net`` evaluated in bf16 on CUDA (unless precision is fp32); the solver state stays float32.
-
-    ``precision`` is the Trainer's (auto, fp32, bf16), resolved by its ``resolve_precision``; on the
-    CPU the network always runs in float32.
-    """
-    if device.type != "cuda" or resolve_precision(precision, device) != "bf16":
-        return net
-
-    def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return net(x, t)
-
-    return field
 
 
 def _noise(n: int, shape: tuple[int, ...], seed: int, purpose: str, device: torch.device) -> torch.Tensor:

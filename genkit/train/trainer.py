@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from genkit.errors import GenkitError
 from genkit.objectives.base import Objective
+from genkit.precision import Precision, resolve_precision
 from genkit.seeding import derive_seed
 from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
@@ -38,13 +39,6 @@ from genkit.train.logging import MetricsLogger
 
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 """torch.compile modes; reduce-overhead and max-autotune replay CUDA graphs on CUDA"""
-
-
-def resolve_precision(precision: Literal["auto", "fp32", "bf16"], device: torch.device) -> Literal["fp32", "bf16"]:
-    """``auto``: bf16 autocast on CUDA, float32 elsewhere; an explicit choice stands."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
 
 
 _DDP_STOP_CHECK = 10  # steps between the ranks' agreement on stopping (see Trainer._stop_flags)
@@ -91,7 +85,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True
     """EMA decay min(ema_decay, (1+n)/(10+n)) after n updates"""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """bf16 autocast for the forward pass; auto = bf16 on CUDA, fp32 on CPU"""
     compile: bool = False
     """torch.compile the models"""

@@ -96,6 +96,18 @@ def test_nll_cli_on_images_reports_bits_per_dim(image_runs, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and printed["nll_n"] == 6 and printed["nll_k"] == 1 and printed["nll_split"] == "test"
     assert printed["nll_divergence"] == "hutchinson-rademacherx1" and 0 < printed["nll_bpd"] < 100
+    assert printed["nll_precision"] == "fp32"
+
+
+def test_nll_bf16_is_for_cuda_only(image_runs, capsys):
+    """--precision bf16 parses; on the CPU the network still runs (and is recorded) in float32."""
+    _, flow, _ = image_runs
+    argv = ["--run", str(flow), "--n", "3", "--method", "euler", "--steps", "2", "--batch-size", "3", "--device", "cpu"]
+    assert run_main(nll.main, [*argv, "--precision", "bf16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run_main(nll.main, argv) == 0
+    fp32 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bf16["nll_precision"] == "fp32" and bf16["nll_bpd"] == fp32["nll_bpd"]
 
 
 def test_image_nll_resumes_where_it_stopped_and_equals_one_go(image_runs, capsys, monkeypatch):

@@ -1,0 +1,38 @@
+"""Which precision a network runs in: the one rule every training and evaluation path follows.
+
+``auto`` means bf16 autocast on CUDA and float32 elsewhere; ``fp32`` and ``bf16`` are explicit. A
+network evaluated inside an ODE solver runs in bf16 while the solver's state stays float32
+(:func:`autocast_field`); on the CPU it always runs in float32 (bf16 matrix work is slow there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["Precision", "autocast_field", "resolve_precision"]
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
+    """``auto``: bf16 autocast on CUDA, float32 elsewhere; an explicit choice stands."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_field(net: Callable[[Tensor, Tensor], Tensor], device: torch.device, precision: Precision) -> Callable:
+    """``net`` evaluated under bf16 autocast on CUDA when ``precision`` resolves to bf16, else ``net``
+    itself: the caller's tensors (the solver state) keep their dtype, float32."""
+    if device.type != "cuda" or resolve_precision(precision, device) != "bf16":
+        return net
+
+    def field(x: Tensor, t: Tensor) -> Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return net(x, t)
+
+    return field
