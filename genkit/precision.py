@@ -13,12 +13,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Precision", "autocast_field", "resolve_precision"]
+__all__ = ["Precision", "ResolvedPrecision", "autocast_field", "resolve_precision"]
 
 Precision = Literal["auto", "fp32", "bf16"]
+"""a precision setting: auto resolves by device"""
+ResolvedPrecision = Literal["fp32", "bf16"]
+"""what a network actually runs in"""
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
+def resolve_precision(precision: Precision, device: torch.device) -> ResolvedPrecision:
     """``auto``: bf16 autocast on CUDA, float32 elsewhere; an explicit choice stands."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"

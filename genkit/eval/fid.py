@@ -28,13 +28,12 @@ from torch import Tensor
 
 from genkit.data.images import to_uint8
 from genkit.errors import GenkitError
+from genkit.precision import Precision, ResolvedPrecision
 from genkit.sampling import Sampler, compile_for_sampling
 from genkit.seeding import derive_seed
 
 if TYPE_CHECKING:
     from genkit.eval.features import FeatureExtractor
-
-Precision = Literal["fp32", "bf16"]
 
 __all__ = [
     "FeatureStats",
@@ -252,7 +251,7 @@ def per_sample_noise(
 
 def iter_samples(
     sampler: Sampler | NoiseSampler, n: int, *, seed: int, batch_size: int, start: int = 0,
-    precision: Precision = "fp32",
+    precision: ResolvedPrecision = "fp32",
 ) -> Iterator[Tensor]:
     """Samples ``start .. start + n - 1`` in batches of up to ``batch_size``: ``(b, ...)`` float32 tensors.
 
@@ -306,7 +305,7 @@ def sampler_stats(
     seed: int,
     batch_size: int,
     start: int = 0,
-    precision: Precision = "fp32",
+    precision: ResolvedPrecision = "fp32",
 ) -> FeatureStats:
     """Feature statistics of samples ``start .. start + n - 1``, streamed (no sample set is kept);
     ``precision`` as in :func:`iter_samples` (features are always computed outside autocast)."""
@@ -359,7 +358,7 @@ class FIDConfig:
     """also report FID of the train split against the reference split (the data floor)"""
     batch_size: int = 500
     weights: Literal["ema", "raw"] = "ema"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     """the sampling network's precision: auto = bf16 autocast on CUDA (as the recipes sample; the ODE
     state stays float32), fp32 on the CPU. Features are computed in float32 either way"""
     compile: bool = True

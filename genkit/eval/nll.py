@@ -32,7 +32,7 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 from genkit.eval.density import Density, FlowDensity, log_mean_exp
-from genkit.precision import autocast_field
+from genkit.precision import ResolvedPrecision, autocast_field
 from genkit.sampling import compile_for_sampling
 
 __all__ = ["LOG_SCALE_PER_DIM", "NUM_LEVELS", "ImageNLL", "NLLConfig", "bits_per_dim", "dequantize", "image_nll", "main"]
@@ -193,7 +193,7 @@ class NLLConfig:
     rtol: float = 1e-5
     batch_size: int = 500
     weights: Literal["ema", "raw"] = "ema"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: ResolvedPrecision = "fp32"
     """the flow network's precision on CUDA: fp32 (PyTorch's default TF32 convolutions), or bf16 autocast,
     about twice as fast but an approximation of the field that dopri5's error control sees: compare
     it with fp32 on a subset (--n) before trusting it. The ODE state and the log-density stay float32"""
