@@ -7,6 +7,7 @@ a tiny ``cifar10_jpg.tar.gz`` (3 classes of random 32x32 JPEGs), laid out as ../
 import dataclasses
 import gzip
 import io
+import itertools
 import json
 import math
 import struct
@@ -361,3 +362,130 @@ def test_keep_going_runs_the_steps_after_a_failed_one(keep_going, tmp_path, caps
     else:
         assert status == {"speed-trainer-overhead": "failed"}
     assert capsys.readouterr().err.count("step speed-trainer-overhead failed") == 1
+
+
+# ---- --parallel: steps start when what they need is done ----------------------------------------------------------
+def test_every_step_needs_the_steps_that_write_its_inputs():
+    """Under --parallel the order comes from ``needs`` alone: a stage needs its teacher, an evaluation its run
+    and the classifier, the comparison every curve; the speed benchmarks run alone."""
+    needs = {s.name: set(s.needs) for s in suite.plan(suite.SuiteConfig(part="mnist"))}
+    assert needs == {"mnist-classifier": set(), "mnist-rf": set(), "mnist-reflow": {"mnist-rf"},
+                     "mnist-distill": {"mnist-reflow"},
+                     **{f"mnist-{s}-fid": {f"mnist-{s}", "mnist-classifier"} for s in ("rf", "reflow", "distill")}}
+    needs = {s.name: set(s.needs) for s in suite.plan(suite.SuiteConfig(part="cifar"))}
+    assert needs == {"cifar-classifier": set(), "cifar-rf": set(), "cifar-rf-nll": {"cifar-rf"},
+                     "cifar-rf-fid": {"cifar-rf", "cifar-classifier"}}
+    steps = suite.plan(suite.SuiteConfig(part="gans-cifar"))
+    fids = [s.name for s in steps if s.module == "genkit.eval.fid"]
+    for fid in fids:
+        assert set(next(s.needs for s in steps if s.name == fid)) == {fid.removesuffix("-fid"), "cifar-classifier"}
+    assert set(steps[-1].needs) == set(fids) and len(fids) == 4
+    assert all(not s.needs for s in steps if s.module in suite.GAN_RECIPES)
+    assert all(s.solo and not s.needs for s in suite.plan(suite.SuiteConfig(part="speed")))
+    assert not any(s.solo for part in ("mnist", "cifar", "gans-mnist") for s in suite.plan(suite.SuiteConfig(part=part)))
+
+
+def step(name, needs=(), solo=False):
+    """A planned step that runs nothing (_fake_plan replaces how steps run)."""
+    return suite.Step(name, "m", (), 0.0, needs=needs, solo=solo)
+
+
+def _fake_plan(monkeypatch, steps, seconds, fail=()):
+    """Plan ``steps`` for the speed part and run each in-process: it sleeps ``seconds[name]`` and records when."""
+    import threading
+
+    spans, lock = {}, threading.Lock()
+
+    def execute(self, step, argv):
+        start = time.monotonic()
+        time.sleep(seconds[step.name])
+        with lock:
+            spans[step.name] = (start, time.monotonic())
+        (self.cfg.work / "logs").mkdir(parents=True, exist_ok=True)
+        (self.cfg.work / "logs" / f"{step.name}.log").write_text("boom\n")
+        return (1 if step.name in fail else 0), seconds[step.name], "", False
+
+    monkeypatch.setattr(suite, "plan", lambda cfg: steps)
+    monkeypatch.setattr(suite.Suite, "execute", execute)
+    return spans
+
+
+def test_parallel_starts_each_step_when_its_needs_are_done_and_solo_steps_alone(tmp_path, monkeypatch, capsys):
+    steps = [step("a"), step("b", ("a",)), step("c"), step("d", solo=True), step("e", ("b", "c"))]
+    spans = _fake_plan(monkeypatch, steps, {"a": 0.3, "b": 0.3, "c": 0.9, "d": 0.3, "e": 0.1})
+    argv = ["speed", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--device", "cpu", "--parallel", "2"]
+    assert run_main(suite.main, argv) == 0
+    start = {k: v[0] for k, v in spans.items()}
+    end = {k: v[1] for k, v in spans.items()}
+    assert start["c"] < end["a"]  # a and c at once (c needs nothing)
+    assert end["a"] <= start["b"] < end["c"]  # b as soon as a is done, beside c
+    assert start["d"] >= max(end["b"], end["c"])  # solo: after everything running ...
+    assert start["e"] >= end["d"]  # ... and nothing beside it
+    summary = json.loads((tmp_path / "o" / "summary-speed.json").read_text())
+    assert summary["parallel"] == 2 and all(s["status"] == "done" for s in summary["steps"])
+    assert "up to 2 steps ran at once" in (tmp_path / "o" / "summary-speed.md").read_text()
+    capsys.readouterr()
+
+    # the same steps one at a time: plan order, no overlap
+    spans.clear()
+    assert run_main(suite.main, [*argv[:-2], "--work", str(tmp_path / "w1")]) == 0
+    order = sorted(spans, key=lambda k: spans[k][0])
+    assert order == list("abcde") and all(spans[x][1] <= spans[y][0] for x, y in itertools.pairwise(order))
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_parallel_failure_leaves_out_what_needs_it(keep_going, tmp_path, monkeypatch, capsys):
+    steps = [step("bad"), step("slow"), step("after-bad", ("bad",)), step("free")]
+    _fake_plan(monkeypatch, steps, {"bad": 0.05, "slow": 0.5, "after-bad": 0.05, "free": 0.05}, fail={"bad"})
+    work = tmp_path / "w"
+    argv = ["speed", "--work", str(work), "--out", str(tmp_path / "o"), "--device", "cpu", "--parallel", "2",
+            "--keep-going" if keep_going else "--no-keep-going"]
+    assert run_main(suite.main, argv) == suite.EXIT["failed"]
+    status = {p.stem: json.loads(p.read_text())["status"] for p in (work / "steps").glob("*.json")}
+    summary = json.loads((tmp_path / "o" / "summary-speed.json").read_text())
+    this = {s["name"]: s["this_invocation"] for s in summary["steps"]}
+    if keep_going:  # what needs the failed step is not started; the rest runs
+        assert status == {"bad": "failed", "slow": "done", "free": "done"}
+        assert this["after-bad"] == "blocked" and "step after-bad not started: it needs bad" in summary["error"]
+    else:  # no new starts after the failure; the running step ends by itself
+        assert status == {"bad": "failed", "slow": "done"} and this["free"] == "not reached"
+    assert "step bad failed (exit 1): boom" in capsys.readouterr().err
+
+
+def test_only_a_step_whose_needs_are_not_done_is_not_started(tmp_path, monkeypatch, capsys):
+    _fake_plan(monkeypatch, [step("run"), step("eval", ("run",))], {"run": 0.0, "eval": 0.0})
+    argv = ["speed", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), "--device", "cpu", "--only", "eval"]
+    assert run_main(suite.main, argv) == suite.EXIT["failed"]
+    assert "step eval not started: it needs run, which is not done" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "steps" / "eval.json").exists()
+
+
+def test_parallel_deadline_stops_every_running_command(tmp_path, monkeypatch, capsys):
+    """Real commands (each sleeps a minute) under --parallel 2: the deadline SIGTERMs both."""
+    sleep = ("-n", "1", "-r", "1", "-s", "import time; print('child says hi', flush=True)", "time.sleep(60)")
+    steps = [suite.Step(name, "timeit", sleep, 0.0) for name in ("one", "two")]
+    monkeypatch.setattr(suite, "plan", lambda cfg: steps)
+    work = tmp_path / "w"
+    argv = ["speed", "--work", str(work), "--out", str(tmp_path / "o"), "--device", "cpu", "--parallel", "2",
+            "--deadline-minutes", "0.05"]
+    start = time.monotonic()
+    assert run_main(suite.main, argv) == suite.EXIT["deadline"]
+    assert time.monotonic() - start < 20
+    for name in ("one", "two"):
+        rec = json.loads((work / "steps" / f"{name}.json").read_text())
+        assert rec["status"] == "partial" and rec["invocations"][0]["seconds"] < 15
+    printed = capsys.readouterr().out
+    assert printed.count("deadline reached, SIGTERM") == 2
+    # several commands at once: their output goes to their logs, not to the suite's
+    assert "\nchild says hi" not in printed and "child says hi" in (work / "logs" / "one.log").read_text()
+
+
+def test_parallel_dry_run_shows_what_each_step_waits_for(tmp_path, capsys):
+    argv = ["mnist", "--dry-run", "--work", str(tmp_path), "--parallel", "3"]
+    assert run_main(suite.main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("mnist-reflow-fid (after mnist-reflow, mnist-classifier): python -m genkit.eval.fid")
+               for ln in lines)
+    assert any(ln.startswith("mnist-rf: python -m genkit.recipes.reflow") for ln in lines)
+    assert run_main(suite.main, [*argv[:-1], "0"]) == 2
+    assert "--parallel" in capsys.readouterr().err

@@ -31,7 +31,19 @@ session of their own (it outlives the call, not the machine), later calls only w
       python3 -m genkit.bench.suite mnist --keep-going --deadline-minutes 14 --out runs/o-mnist' > runs/gpu.log 2>&1 &
     sleep 560; cp runs/o-*/* "$OUT"/; tail -5 runs/gpu.log   # every call within 30 s of the last one's end
 
-``--keep-going`` goes on after a failed step; ``--only STEP...`` runs some steps of a part. Every call
+``--parallel N`` runs up to N steps at once, each as soon as the steps it needs are done (a stage its
+teacher, an evaluation its run and the classifier; the speed benchmarks always run alone). Small
+networks leave the GPU idle for much of each step (the 2026-11-23 profile found even the 35.7M UNet's
+batch-128 step host-bound), so several runs can share it; how much each one lost shows in its
+steps/s. Their seconds are then seconds under shared load (the summary says so); ``gans-*`` compare
+their runs at equal seconds under the same load. Two parts can run side by side from the same work
+folder once the classifier they share is done::
+
+    python3 -m genkit.bench.suite mnist --only mnist-classifier
+    python3 -m genkit.bench.suite mnist --parallel 2 & python3 -m genkit.bench.suite gans-mnist --parallel 4
+
+``--keep-going`` goes on after a failed step (a step that needs it is not started); ``--only STEP...``
+runs some steps of a part (a step whose needs are not done is not started). Every call
 must follow the previous one within the machine's idle window (30 s), or the machine goes back with
 the work folder; copy the summaries to $OUT in every call.
 
@@ -161,9 +173,12 @@ class SuiteConfig:
     """print the planned commands and exit"""
     deadline_minutes: float = 9.5
     keep_going: bool = False
-    """after a failed step, go on with the next ones (steps that need its output fail in turn); exit 1 at the end"""
+    """after a failed step, go on with the steps that do not need it; exit 1 at the end"""
     only: tuple[str, ...] = ()
     """run only these steps of the part (names as --dry-run prints them; empty: all)"""
+    parallel: int = 1
+    """steps running at once: each starts when the steps it needs are done, in plan order; the speed
+    benchmarks still run alone. Above 1, the commands' output goes to their logs only"""
     classifier_minutes: float = 3.0
     """training minutes of the FID-C classifier at most (its preset's steps end it first on MNIST, in
     about 0.6 min on the H100; the CIFAR-10 preset's 20,000 steps would take longer than FID-C needs)"""
@@ -253,6 +268,10 @@ class Step:
     train: float | None = None
     pairs: bool = False
     """generates teacher pairs before training"""
+    needs: tuple[str, ...] = ()
+    """the steps that must be done before this one starts (its teacher, its run, the classifier)"""
+    solo: bool = False
+    """runs alone, even under --parallel (a benchmark whose timing another job would disturb)"""
 
     def argv(self, time_limit: float | None = None) -> list[str]:
         limit = [] if time_limit is None else ["--train.time-limit", f"{time_limit:.4g}"]
@@ -274,7 +293,8 @@ def _fid(cfg: SuiteConfig, name: str, run: Path, classifier: Path, nfe: tuple[in
     how = ("--checkpoints", "missing") if nfe is None else ("--nfe", *map(str, nfe))
     args = ("--run", str(run), "--features", "classifier", "--classifier", str(classifier), "--ref", "test",
             "--n", str(scale(cfg).fid_n), *how, "--device", cfg.device, *(("--floor",) if floor else ()))
-    return Step(name, "genkit.eval.fid", args, cfg.expect.fid_cifar if cfg.part == "cifar" else cfg.expect.fid, run=run)
+    return Step(name, "genkit.eval.fid", args, cfg.expect.fid_cifar if cfg.part == "cifar" else cfg.expect.fid, run=run,
+                needs=(run.name, classifier.name))  # run folders are named as the steps that write them
 
 
 def _data(cfg: SuiteConfig) -> tuple[str, ...]:
@@ -305,7 +325,8 @@ def _flow(cfg: SuiteConfig, name: str, preset: str, stage: str, minutes: float, 
         mode += ("--train.ema-decay", "0.999")
     args = ("--preset", preset, "--stage", stage, "--out", str(run), *pairs, *data, "--train.steps", str(cfg.max_steps),
             *mode, *unet, *(SMOKE_FLOW if cfg.smoke else ()))
-    return Step(name, "genkit.recipes.reflow", args, cfg.expect.overhead, run=run, train=minutes, pairs=teacher is not None)
+    return Step(name, "genkit.recipes.reflow", args, cfg.expect.overhead, run=run, train=minutes, pairs=teacher is not None,
+                needs=() if teacher is None else (teacher.name,))
 
 
 def trainer_steps_per_generator_step(recipe: str, args: Sequence[str]) -> int:
@@ -351,7 +372,8 @@ def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Ste
                   _fid(cfg, f"{run.name}-fid", run, classifier, None, floor=not steps)]  # the data floor once
     out = cfg.work / f"{ds}-gans-compare"
     args = ("--runs", *(str(s.run) for s in steps if s.train is not None), "--out", str(out))
-    return [*steps, Step(out.name, "genkit.eval.compare", args, cfg.expect.compare, run=out)]
+    curves = tuple(s.name for s in steps if s.train is None)
+    return [*steps, Step(out.name, "genkit.eval.compare", args, cfg.expect.compare, run=out, needs=curves)]
 
 
 def plan(cfg: SuiteConfig) -> list[Step]:
@@ -368,10 +390,10 @@ def plan(cfg: SuiteConfig) -> list[Step]:
                                                 "--compile-mode", "reduce-overhead"),
                 "sampling": (), "pairs-memory": ("--pairs", "10000", "100000")}
         module = {"trainer-overhead-cudagraphs": "genkit.bench.trainer_overhead"}
-        benches = [Step(f"speed-{name}", module.get(name, f"genkit.bench.{name.replace('-', '_')}"), (*args, *dev), e.bench)
-                   for name, args in (smoke if cfg.smoke else full).items()]
+        benches = [Step(f"speed-{name}", module.get(name, f"genkit.bench.{name.replace('-', '_')}"), (*args, *dev), e.bench,
+                        solo=True) for name, args in (smoke if cfg.smoke else full).items()]
         # last, so that a failing check does not cost the numbers (skipped without CUDA)
-        return [*benches, Step("speed-gpu-tests", "pytest", ("-q", "-m", "gpu", "tests/test_gpu.py"), e.bench)]
+        return [*benches, Step("speed-gpu-tests", "pytest", ("-q", "-m", "gpu", "tests/test_gpu.py"), e.bench, solo=True)]
     data = _data(cfg)
     clf = _classifier(cfg, data)
     if cfg.part.startswith("gans-"):
@@ -387,7 +409,7 @@ def plan(cfg: SuiteConfig) -> list[Step]:
     flow = _flow(cfg, "cifar-rf", "cifar10", "rf", s.cifar_minutes, data)
     nll = ("--run", str(flow.run), "--split", "test", "--k", "1", "--method", "dopri5", "--rtol", "1e-5", "--atol", "1e-5",
            "--batch-size", str(cfg.nll_batch_size), "--n", str(s.nll_n), *dev)
-    return [clf, flow, Step("cifar-rf-nll", "genkit.eval.nll", nll, e.nll, run=flow.run),
+    return [clf, flow, Step("cifar-rf-nll", "genkit.eval.nll", nll, e.nll, run=flow.run, needs=(flow.name,)),
             _fid(cfg, "cifar-rf-fid", flow.run, clf.run, s.cifar_nfe, floor=True)]
 
 
@@ -426,6 +448,7 @@ def check(cfg: SuiteConfig) -> None:
         _check_count(f"--{name.replace('_', '-')}", getattr(s, name), minimum)
     _check_count("--max-steps", cfg.max_steps, 1)
     _check_count("--gan-points", cfg.gan_points, 1)
+    _check_count("--parallel", cfg.parallel, 1)
     _check_count("--nll-batch-size", cfg.nll_batch_size, 1)
     for name in ("mnist_nfe", "cifar_nfe"):
         if not getattr(s, name):
@@ -528,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for step in steps:
             done = read_json(Path(cfg.work) / "steps" / f"{step.name}.json").get("status") == "done"
             limit = None if step.train is None else (step.train or cfg.deadline_minutes)
-            print(f"{step.name}{' (done, would skip)' if done else ''}: {step.command(limit)}")
+            after = f" (after {', '.join(step.needs)})" if cfg.parallel > 1 and step.needs else ""
+            print(f"{step.name}{' (done, would skip)' if done else ''}{after}: {step.command(limit)}")
         print(f"results: {out_dir(cfg)}/results-{cfg.part}.tar.gz, summary-{cfg.part}.json, summary-{cfg.part}.md")
         return 0
     return EXIT[Suite(cfg, steps, out_dir(cfg)).run()]

@@ -45,7 +45,7 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
                       "seconds_total": rec.get("seconds_total"), "commands": [r["command"] for r in rec.get("invocations", [])]})
     out = {"part": cfg.part, "status": {"done": "complete", "deadline": "incomplete"}.get(suite.outcome, suite.outcome),
            "error": suite.error, "smoke": cfg.smoke, **suite.machine, "date": _now(), "work": str(cfg.work),
-           "deadline_minutes": cfg.deadline_minutes, "elapsed_minutes": round((time.monotonic() - suite.t0) / 60, 2),
+           "deadline_minutes": cfg.deadline_minutes, "parallel": cfg.parallel, "elapsed_minutes": round((time.monotonic() - suite.t0) / 60, 2),
            "notes": suite.notes, "steps": steps}
     by_name = {s.name: s for s in suite.steps}
     if cfg.part == "speed":
@@ -197,4 +197,7 @@ def markdown(summary: dict) -> str:
     lines += [f"device {summary.get('device', '?')}, torch {summary.get('torch', '?')}, python = {summary.get('python', '?')}, "
               f"{summary['date']}; {summary['elapsed_minutes']} of {summary['deadline_minutes']} min used; "
               + "; ".join(summary["notes"])]
+    if summary.get("parallel", 1) > 1:
+        lines[-1] += (f"; up to {summary['parallel']} steps ran at once (--parallel): they shared the device, "
+                      "and their wall times overlap")
     return "\n".join(lines)

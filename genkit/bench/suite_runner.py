@@ -79,20 +79,28 @@ class Runner(ABC):
         self.notes: list[str] = []
         self.outcome: Outcome = "interrupted"
         self.error = ""
+        self.errors: dict[str, str] = {}  # step -> why it failed or was not started
         self.machine: dict[str, str] = {}
+        self._procs: dict[str, subprocess.Popen] = {}  # step -> its running command
+        self._stopping = False  # stop_all was called: start no command
+        self._lock = threading.Lock()
 
     def left(self) -> float:
         """Minutes to the deadline."""
         return (self.deadline - time.monotonic()) / 60
 
+    def record_path_of(self, name: str) -> Path:
+        return self.cfg.work / "steps" / f"{name}.json"
+
     def record_path(self, step: Step) -> Path:
-        return self.cfg.work / "steps" / f"{step.name}.json"
+        return self.record_path_of(step.name)
 
     def record(self, step: Step) -> dict:
         return read_json(self.record_path(step))
 
     def say(self, message: str) -> None:
-        print(f"[suite {self.left():5.2f} min left] {message}", flush=True)
+        with self._lock:
+            print(f"[suite {self.left():5.2f} min left] {message}", flush=True)
 
     # -- what the part gives
     @abstractmethod
@@ -134,26 +142,96 @@ class Runner(ABC):
         return self.outcome
 
     def run_steps(self) -> Outcome:
-        failed: list[str] = []
+        """Run the steps not done earlier, up to ``--parallel`` at once. A step starts when the steps it
+        ``needs`` are done (the first such step in plan order first); a ``solo`` step starts when nothing
+        runs and holds the others off until it ends. A failed step stops new starts (with --keep-going
+        only the steps that need it are left out); a step refused or stopped by the deadline stops new
+        starts. Steps already running always end by themselves (or by the deadline)."""
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        pending: list[Step] = []
         for step in self.steps:
             if self.record(step).get("status") == "done":
                 self.this_run[step.name] = "skipped"
                 self.say(f"{step.name}: done earlier, skipped ({self.record_path(step)})")
-                continue
-            outcome = self.run_training(step) if step.train is not None else self.run_once(step)
-            self.pack()
-            if outcome == "failed" and self.cfg.keep_going:
-                failed.append(self.error)
-                self.say(f"{self.error}; going on (--keep-going)")
-                continue
-            if outcome != "done":
-                return outcome
-        if failed:
-            self.error = "; ".join(failed)
-            return "failed"
-        if all(v == "skipped" for v in self.this_run.values()):
+            else:
+                pending.append(step)
+        if not pending:
             self.say(f"all {len(self.steps)} steps were done earlier: nothing to run")
-        return "done"
+            return "done"
+        outcomes: dict[str, Outcome] = {}
+        running: dict[Future, Step] = {}
+        stopped = False
+        with ThreadPoolExecutor(self.cfg.parallel) as pool:
+            try:
+                while True:
+                    for step in [] if stopped else list(pending):
+                        if len(running) >= self.cfg.parallel or any(s.solo for s in running.values()):
+                            break
+                        waits, missing = self._needs(step, pending, running)
+                        if missing:
+                            pending.remove(step)
+                            self.this_run[step.name] = "blocked"
+                            self.errors[step.name] = f"step {step.name} not started: it needs {missing}, which is not done"
+                            self.say(self.errors[step.name])
+                            stopped = not self.cfg.keep_going
+                            if stopped:
+                                break
+                        elif waits:
+                            continue
+                        elif step.solo and running:
+                            break  # it goes next, alone
+                        else:
+                            pending.remove(step)
+                            running[pool.submit(self.run_step, step)] = step
+                    if not running:
+                        break
+                    finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        step = running.pop(future)
+                        outcome = outcomes[step.name] = future.result()
+                        self.say(f"{step.name}: {self.this_run.get(step.name, outcome)}")
+                        self.pack()
+                        if outcome == "failed" and self.cfg.keep_going:
+                            self.say(f"{self.errors[step.name]}; going on (--keep-going)")
+                        elif outcome != "done":
+                            stopped = True
+            except BaseException:  # Ctrl-C, SIGTERM of the suite, or an error: stop the running commands too
+                self.stop_all()
+                raise
+        self.error = "; ".join(self.errors.values())
+        if "deadline" in outcomes.values():
+            return "deadline"
+        return "failed" if self.errors else "done"
+
+    def _needs(self, step: Step, pending: list[Step], running: dict) -> tuple[bool, str]:
+        """(whether a step it needs is yet to run or running, the first step it needs that will not be done)."""
+        waits = False
+        for need in step.needs:
+            if read_json(self.record_path_of(need)).get("status") == "done":
+                continue
+            if any(s.name == need for s in (*pending, *running.values())):
+                waits = True
+            else:
+                return waits, need
+        return waits, ""
+
+    def run_step(self, step: Step) -> Outcome:
+        return self.run_training(step) if step.train is not None else self.run_once(step)
+
+    def stop_all(self) -> None:
+        """SIGTERM every running command, SIGKILL those still alive after the grace period."""
+        with self._lock:
+            self._stopping = True
+            procs = list(self._procs.values())
+        for proc in procs:
+            _signal(proc, signal.SIGTERM)
+        end = time.monotonic() + GRACE_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(end - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                _signal(proc, signal.SIGKILL)
 
     def refuse(self, step: Step, need: float) -> Outcome:
         self.this_run[step.name] = "refused"
@@ -210,7 +288,7 @@ class Runner(ABC):
         log = self.cfg.work / "logs" / f"{step.name}.log"
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("=== ")]
         last = lines[-1] if lines else "(no output)"
-        self.error = f"step {step.name} failed (exit {rc}): {last.strip()} (log: {log})"
+        self.errors[step.name] = f"step {step.name} failed (exit {rc}): {last.strip()} (log: {log})"
         return "failed"
 
     def save(self, step: Step, status: str, command: str, rc: int, seconds: float, **extra) -> None:
@@ -232,6 +310,7 @@ class Runner(ABC):
         self.say(f"{step.name}: {command}")
         captured: list[str] = []
         lock = threading.Lock()
+        echo = self.cfg.parallel == 1  # several commands at once: their output goes to their logs only
         with open(log_path, "ab") as log:
             log.write(f"\n=== {_now()} $ {command}\n".encode())
             log.flush()
@@ -241,8 +320,12 @@ class Runner(ABC):
                 env.setdefault("OMP_NUM_THREADS", "1")
             # its own process group (the deadline signals the command and its children), same session (a
             # GPU tool that ends the session's processes when the command returns still ends these)
-            proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    env=env, process_group=0)
+            with self._lock:
+                if self._stopping:
+                    raise SystemExit(1)  # the suite is stopping: this command does not start
+                proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=env, process_group=0)
+                self._procs[step.name] = proc
 
             def pump(stream, sink, keep: bool) -> None:
                 decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -251,8 +334,9 @@ class Runner(ABC):
                     with lock:
                         log.write(chunk)
                         log.flush()
-                        sink.write(text)
-                        sink.flush()
+                        if echo:
+                            sink.write(text)
+                            sink.flush()
                     if keep:
                         captured.append(text)
 
@@ -285,6 +369,8 @@ class Runner(ABC):
             finally:
                 for t in pumps:
                     t.join(timeout=5)
+                with self._lock:
+                    self._procs.pop(step.name, None)
             seconds = time.monotonic() - start
             log.write(f"=== exit {proc.returncode} after {seconds:.1f} s\n".encode())
         return proc.returncode, seconds, "".join(captured), killed
