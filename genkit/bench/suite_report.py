@@ -71,7 +71,8 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
                "fid_classifier": {k: ev.get(f"fid_classifier_nfe{k}") for k in nfe},
                "fid_seconds": {k: ev.get(f"fid_classifier_seconds_nfe{k}") for k in nfe}, "fid_n": ev.get("fid_classifier_n")}
         if "nll_bpd" in ev:
-            row |= {k: ev.get(k) for k in ("nll_bpd", "nll_bpd_stderr", "nll_n", "nll_seconds", "nll_solver", "nll_rtol")}
+            row |= {k: ev.get(k) for k in ("nll_bpd", "nll_bpd_stderr", "nll_n", "nll_seconds", "nll_solver", "nll_rtol",
+                                              "nll_nfe_per_solve", "nll_precision")}
         results["stages"].append(row)
     out["results"] = results
     return out
@@ -174,14 +175,14 @@ def markdown(summary: dict) -> str:
         header = ["stage", "steps", "train min", "command min", "train img/s", "straightness",
                   *(f"FID-C NFE {k}" for k in nfe)]
         if part == "cifar":
-            header += ["bits/dim (K=1)", "NLL images", "NLL s"]
+            header += ["bits/dim (K=1)", "NLL images", "NLL s", "NLL NFE"]
         rows = []
         for r in res["stages"]:
             row = [STAGE_NAMES[r["stage"]], _f(r["step"], "d"), _f(r["train_minutes"], ".2f"), _f(r["wall_minutes"], ".2f"),
                    _f(r["samples_per_second"], ".0f"), _f(r["straightness"]), *(_f(r["fid_classifier"][k]) for k in nfe)]
             if part == "cifar":
                 bpd = "–" if r.get("nll_bpd") is None else f"{r['nll_bpd']:.4f} ± {r['nll_bpd_stderr']:.4f}"
-                row += [bpd, _f(r.get("nll_n"), "d"), _f(r.get("nll_seconds"), ".1f")]
+                row += [bpd, _f(r.get("nll_n"), "d"), _f(r.get("nll_seconds"), ".1f"), _f(r.get("nll_nfe_per_solve"), ".1f")]
             rows.append(row)
         lines += _table(header, rows) + [""]
         n = next((r["fid_n"] for r in res["stages"] if r["fid_n"]), None)

@@ -89,6 +89,8 @@ class FlowDensity:
         divergence, probe, num_probes, method, steps, atol, rtol: as in
             :func:`genkit.solvers.log_likelihood` (``"exact"`` costs one backward pass per
             dimension: use ``"hutchinson"`` for images).
+
+    ``nfe`` counts the field evaluations of every solve so far (an adaptive solver's cost varies).
     """
 
     is_bound: bool = False
@@ -121,13 +123,14 @@ class FlowDensity:
         self.steps = steps
         self.atol = atol
         self.rtol = rtol
+        self.nfe = 0
 
     def log_likelihood(self, x: Tensor, *, generator: torch.Generator | None = None) -> LogLikelihood:
         """The full :class:`genkit.solvers.LogLikelihood` (prior and volume terms, NFE) of ``x: (B, *shape)``."""
         if not isinstance(x, Tensor) or tuple(x.shape[1:]) != self.shape:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise GenkitError(f"x must have shape (B, {', '.join(map(str, self.shape))}), got {got}")
-        return log_likelihood(
+        ll = log_likelihood(
             self.field,
             x,
             divergence=self.divergence,
@@ -139,6 +142,8 @@ class FlowDensity:
             rtol=self.rtol,
             generator=generator,
         )
+        self.nfe += ll.nfe
+        return ll
 
     def log_prob(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """``log p(x): (B,)`` in nats for ``x: (B, *shape)``."""

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 
-__all__ = ["ClassifierFeatures", "FeatureExtractor", "InceptionFeatures", "inception_weights_path"]
+__all__ = ["ClassifierFeatures", "FeatureExtractor", "InceptionFeatures", "inception_weights_path", "weights_digest"]
 
 
 @runtime_checkable
@@ -30,6 +30,17 @@ class FeatureExtractor(Protocol):
     dim: int
 
     def __call__(self, images: Tensor) -> Tensor: ...
+
+
+def weights_digest(net: torch.nn.Module, length: int = 10) -> str:
+    """The first ``length`` hex digits of a SHA-256 over ``net``'s state: names, dtypes, shapes, values."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, t in sorted(net.state_dict().items()):
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:length]
 
 
 def _check_uint8(images: Tensor, who: str) -> None:
@@ -124,8 +135,9 @@ class ClassifierFeatures:
 
     ``checkpoint`` is the run folder (its latest checkpoint is used) or one
     ``checkpoints/step_*`` folder; weights are loaded from safetensors through
-    :mod:`genkit.train.checkpoint`, never unpickled. ``name`` is ``"classifier:<dataset>"``
-    so FID-C results say which classifier measured them.
+    :mod:`genkit.train.checkpoint`, never unpickled. ``name`` is ``"classifier:<dataset>@<digest>"``
+    (:func:`weights_digest` of the weights used), so FID-C results say which classifier measured them,
+    and cached reference statistics of another classifier (retrained, another run) are never reused.
 
     Args:
         checkpoint: run folder or checkpoint folder.
@@ -140,7 +152,7 @@ class ClassifierFeatures:
         self.net = loaded.net
         self.shape = loaded.shape
         self.device = torch.device(device)
-        self.name = f"classifier:{loaded.dataset}"
+        self.name = f"classifier:{loaded.dataset}@{weights_digest(loaded.net)}"
         self.dim = loaded.net.feature_dim
         self.step = loaded.step
 

@@ -34,6 +34,7 @@ from genkit.errors import GenkitError
 from genkit.eval.density import Density, FlowDensity, log_mean_exp
 from genkit.precision import ResolvedPrecision, autocast_field
 from genkit.sampling import compile_for_sampling
+from genkit.solvers import FIXED_STEP_METHODS
 
 __all__ = ["LOG_SCALE_PER_DIM", "NUM_LEVELS", "ImageNLL", "NLLConfig", "bits_per_dim", "dequantize", "image_nll", "main"]
 
@@ -243,13 +244,14 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
 
         images = load_images(run.data.dataset, root=run.data.root, split=cfg.split, download=run.data.download)
         images = images[: cfg.n] if cfg.n else images
-        res, seconds = _resumable_image_nll(density, images, cfg, device, step=run.step)
+        res, seconds, nfe = _resumable_image_nll(density, images, cfg, device, step=run.step)
         n = res.bits_per_dim.numel()
-        out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr, "nll_k": cfg.k,
+        out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr, "nll_k": cfg.k, "nll_nfe_per_solve": round(nfe, 1),
                 "nll_dequantization": "uniform, offset D log(2/256) (data scaled from 256 levels to [-1, 1])"}
     out |= {"nll_split": cfg.split if len(run.shape) > 1 else "fresh samples", "nll_n": n,
             "nll_divergence": cfg.divergence if cfg.divergence == "exact" else f"hutchinson-{cfg.probe}x{cfg.num_probes}",
             "nll_solver": cfg.method, "nll_atol": cfg.atol, "nll_rtol": cfg.rtol, "nll_weights": cfg.weights,
+            **({"nll_steps": cfg.steps} if cfg.method in FIXED_STEP_METHODS else {}),
             "nll_seed": cfg.seed, "nll_precision": cfg.precision if device.type == "cuda" else "fp32",
             "nll_seconds": round(seconds, 2)}
     return out
@@ -261,8 +263,9 @@ PROGRESS_FILE = "nll_progress.json"
 
 def _resumable_image_nll(
     density: Density, images: Tensor, cfg: NLLConfig, device: torch.device, *, step: int
-) -> tuple[ImageNLL, float]:
-    """:func:`image_nll` batch by batch, resumable; returns the result and the seconds of computing it.
+) -> tuple[ImageNLL, float, float]:
+    """:func:`image_nll` batch by batch, resumable; returns the result, the seconds of computing it and
+    the mean field evaluations per solve (a batch's ODE solve; 0 for a density that does not count them).
 
     Batch ``i`` (images ``i * batch_size ...``) draws its dequantization and probes from its own
     generator, seeded ``derive_seed(seed, "nll", i)``, so its log-densities do not depend on which
@@ -293,12 +296,16 @@ def _resumable_image_nll(
         t0 = time.perf_counter()
         batch = images[starts[i] : starts[i] + cfg.batch_size].to(device)
         generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "nll", i))
+        nfe = getattr(density, "nfe", 0)
         res = image_nll(density, batch, k=cfg.k, generator=generator)
-        done[str(i)] = {"log_prob": res.log_prob.tolist(), "seconds": time.perf_counter() - t0}
+        done[str(i)] = {"log_prob": res.log_prob.tolist(), "seconds": time.perf_counter() - t0,
+                        "nfe": getattr(density, "nfe", 0) - nfe}
         write_json_atomic(path, {"settings": settings, "batches": done})
     log_prob = torch.tensor([v for i in range(len(starts)) for v in done[str(i)]["log_prob"]], dtype=torch.float64)
     path.unlink(missing_ok=True)
-    return _image_nll_of(log_prob, images[0].numel(), cfg.k), sum(b["seconds"] for b in done.values())
+    nfe = [b.get("nfe", 0) / cfg.k for b in done.values()]
+    return (_image_nll_of(log_prob, images[0].numel(), cfg.k), sum(b["seconds"] for b in done.values()),
+            sum(nfe) / len(nfe))
 
 
 def main(argv: list[str] | None = None) -> int:

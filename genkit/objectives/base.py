@@ -26,8 +26,10 @@ class LossOutput:
 class Objective(Protocol):
     """A training objective: models and a batch in, losses per optimizer out.
 
-    ``need`` names the optimizers the Trainer will step on this call; an objective
-    may skip computing the other losses (a generator loss on a critic-only step).
+    ``need`` names the optimizers whose losses are wanted; an objective may skip computing
+    the others (a generator loss on a critic-only step). The Trainer asks for one optimizer
+    per call and steps it before the next call (alternating updates); a caller may also ask
+    for several at once, on the same parameters.
     ``generator`` is the source of all randomness the objective draws.
 
     An objective that carries state between calls (e.g. frozen particle targets reused

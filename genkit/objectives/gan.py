@@ -190,11 +190,12 @@ class MonoFlow:
 
     * ``"direct"``: ``-E h(D(G(z)))`` with a fresh ``z`` each call.
     * ``"particle"``: ``E ||G(z) - sg[x + step_size * grad_x h(D(x))]||^2`` with ``x = G_tau(z)``.
-      ``(z, target)`` are drawn/computed on every call with ``"discriminator"`` in ``need`` (a new
-      round, before that call's discriminator step) and on the very first call, then reused frozen
-      by the generator-only calls that follow; so ``update_every={"discriminator": k}`` gives ``k``
-      generator steps toward one target. They are kept in :meth:`state_dict`.
-      (With gradient accumulation each micro-batch starts a round; the last one is kept.)
+      A call with ``"discriminator"`` in ``need`` ends the round; the next call asking for the
+      generator loss starts one: it draws ``z`` and computes ``target`` with the discriminator as
+      it is then (under the Trainer, just updated: SPEC §3c), and the generator-only calls after
+      it reuse both frozen; so ``update_every={"discriminator": k}`` gives ``k`` generator steps
+      toward one target. They are kept in :meth:`state_dict`. (With gradient accumulation the
+      round's latents are the first micro-batch's.)
 
     ``h`` comes from :func:`h_function` (``shift`` applies to ``"softplus"`` only).
     Metrics: ``d_real``, ``d_fake`` (mean logits on data and fakes; their difference estimates
@@ -219,24 +220,24 @@ class MonoFlow:
         x_real = _data(batch)
         losses: dict[str, Tensor] = {}
         metrics: dict[str, Tensor] = {}
-        new_round = self.form == "particle" and ("discriminator" in need or self._z is None)
-        z = _latent(x_real, self.latent_dim, generator) if self.form == "direct" or new_round else None
-        x_fake = None
-        if "discriminator" in need or new_round:
+        z = _latent(x_real, self.latent_dim, generator)
+        if "discriminator" in need:
             with torch.no_grad():
                 x_fake = g(z)
-        if "discriminator" in need:
             d_real, d_fake = _per_sample(d(x_real)), _per_sample(d(x_fake))
             losses["discriminator"] = logistic_discriminator_loss(d_real, d_fake)
             metrics["d_real"], metrics["d_fake"] = d_real.detach().mean(), d_fake.detach().mean()
-        if new_round:
-            self._z, self._target = z, particle_target(d, x_fake, h=self._h, step_size=self.step_size)
-        if "generator" in need:
-            if self.form == "particle":
-                z_frozen, target = self._z.to(x_real.device), self._target.to(x_real.device)
-                losses["generator"] = particle_matching_loss(g(z_frozen), target)
-            else:
-                losses["generator"] = -self._h(_per_sample(d(g(z)))).mean()
+        if "generator" in need and self.form == "particle":
+            if self._z is None:  # a new round, against the discriminator as it is now
+                with torch.no_grad():
+                    x = g(z)
+                self._z, self._target = z, particle_target(d, x, h=self._h, step_size=self.step_size)
+            z_frozen, target = self._z.to(x_real.device), self._target.to(x_real.device)
+            losses["generator"] = particle_matching_loss(g(z_frozen), target)
+        elif "generator" in need:
+            losses["generator"] = -self._h(_per_sample(d(g(z)))).mean()
+        if "discriminator" in need and self.form == "particle":
+            self._z = self._target = None  # the round ends with this discriminator step
         return LossOutput(losses=losses, metrics=metrics)
 
     def state_dict(self) -> dict[str, Tensor]:

@@ -34,7 +34,6 @@ from genkit.objectives.base import LossOutput
 from genkit.train import TrainConfig, Trainer
 from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
-from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
 from genkit.train.optim import adam
 
@@ -218,9 +217,6 @@ def run(cfg: ClassifierConfig, device: torch.device, info: distributed.DistInfo)
             **to_jsonable(dataclasses.replace(cfg, dry_run=False))}
     data = LabelledStream(images, labels, cfg.train.micro_batch_size(info.world_size), seed=cfg.seed,
                           rank=info.rank, world_size=info.world_size, hflip=cfg.data.hflip, device=device)
-    if info.is_main:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg.out / "config.json", card)
     opt = adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     trainer = Trainer({"model": net}, {"model": opt}, CrossEntropy(), data, cfg.train, run_dir=cfg.out,
                       recipe=RECIPE, run_config=card, seed=cfg.seed, dist=info)

@@ -42,7 +42,6 @@ from genkit.recipes.reflow import IMAGE_SETS, DataConfig
 from genkit.seeding import derive_seed
 from genkit.train import TrainConfig, Trainer
 from genkit.train import distributed
-from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
 from genkit.train.optim import adam
 
@@ -204,12 +203,10 @@ def _run(recipe: str, cfg: GANRunConfig, setup: Players, device: torch.device, i
     data = (ToyStream(cfg.data.dataset, micro, seed=cfg.seed, rank=info.rank, device=device) if images is None
             else ImageStream(images, micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                              hflip=cfg.data.hflip, device=device))
-    if info.is_main:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg.out / "config.json", card)
     o = cfg.optim
-    optimizers = {"generator": adam(generator.parameters(), lr=o.g_lr, betas=o.g_betas),
-                  setup.critic: adam(critic.parameters(), lr=o.d_lr, betas=o.d_betas)}
+    # the critic steps first: the generator's step then meets the critic just updated (the Trainer's order)
+    optimizers = {setup.critic: adam(critic.parameters(), lr=o.d_lr, betas=o.d_betas),
+                  "generator": adam(generator.parameters(), lr=o.g_lr, betas=o.g_betas)}
     trainer = Trainer(
         {"generator": generator, setup.critic: critic}, optimizers, setup.objective, data, cfg.train,
         run_dir=cfg.out, recipe=recipe, run_config=card, seed=cfg.seed, dist=info,

@@ -40,7 +40,6 @@ from genkit.solvers import Method
 from genkit.train import TrainConfig, Trainer
 from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
-from genkit.train.checkpoint import write_json_atomic
 from genkit.train.logging import update_eval
 from genkit.train.optim import adam
 
@@ -300,9 +299,6 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
             warm_start(net, teacher)
         del teacher
         data = PairStream(pairs_dir, micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size, device=device)
-    if info.is_main:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg.out / "config.json", card)
     opt = adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     trainer = Trainer(
         {"model": net}, {"model": opt}, build_objective(cfg), data, cfg.train,

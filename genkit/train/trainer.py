@@ -1,10 +1,12 @@
 """The one training loop every genkit method shares.
 
-The Trainer knows nothing about methods. Each step it asks the objective for one loss
-per optimizer that is due (an update ratio such as ``{"generator": 5}`` steps the
-generator every 5th step and the critic every step), back-propagates each loss into
-its own optimizer's parameters only, averages gradients over ranks, clips, steps,
-and updates the EMA copies. Around that: bf16 autocast, optional ``torch.compile``,
+The Trainer knows nothing about methods. Each step it steps the optimizers that are due
+(an update ratio such as ``{"generator": 5}`` steps the generator every 5th step and the
+critic every step) one after another, in the order of the ``optimizers`` mapping: for each
+it asks the objective for that optimizer's loss, back-propagates it into that optimizer's
+parameters only, averages gradients over ranks, clips and steps, before the next one's
+loss is computed (alternating updates: a GAN's generator meets the critic its own step
+has just updated, as in the papers' algorithms). Then it updates the EMA copies. Around that: bf16 autocast, optional ``torch.compile``,
 gradient accumulation, LR warm-up, a progress bar, ``metrics.jsonl`` + TensorBoard,
 periodic snapshots (sample grids), atomic checkpoints, exact resume, and a clean
 stop on Ctrl-C / SIGTERM (checkpoint, then exit) or on a non-finite loss (stop with
@@ -160,8 +162,9 @@ class Trainer:
         objective: returns ``LossOutput.losses`` keyed by optimizer name.
         data: infinite batch stream yielding per-process micro-batches.
         run_dir: run folder (``None``: no files at all); checkpoints go to ``run_dir/checkpoints``.
-        recipe, run_config: written into each checkpoint card; a checkpoint of another recipe
-            or shape is refused on resume.
+        recipe, run_config: written into each checkpoint card, and ``run_config`` as
+            ``run_dir/config.json`` when ``fit`` starts: after the resume check, so that a refused
+            command (a checkpoint of another recipe or shape) leaves the folder as it was.
         update_every: optimizer name -> step that optimizer every k-th step (default 1).
         snapshot: called on rank 0 as ``snapshot(ema_models, step)`` every ``sample_every`` steps.
         callbacks: called as ``cb(trainer)`` after every step.
@@ -238,6 +241,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to ``config.steps`` (resuming from the run folder's latest checkpoint)."""
         self._resume()
+        if self.run_dir is not None and self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json_atomic(self.run_dir / "config.json", self.run_config)
         logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=self.config.tensorboard)
         logger.open(self.step)
         bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True,
@@ -310,33 +316,34 @@ class Trainer:
         return stop, out_of_time
 
     def _due(self) -> tuple[str, ...]:
-        """Names of the optimizers that step in the coming step (its update ratio divides it)."""
-        return tuple(sorted(n for n in self.optimizers if (self.step + 1) % self.update_every[n] == 0))
+        """Names of the optimizers that step in the coming step (its update ratio divides it), in the
+        order of the ``optimizers`` mapping: the order they step in."""
+        return tuple(n for n in self.optimizers if (self.step + 1) % self.update_every[n] == 0)
 
     def _train_step(self, need: tuple[str, ...]) -> None:
+        """One step: each optimizer of ``need`` in turn, its loss computed after the previous ones stepped;
+        all of them on the same (micro-)batches and one random generator."""
         cfg = self.config
-        for n in need:
-            self.optimizers[n].zero_grad(set_to_none=True)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(derive_seed(self.seed, "objective", self.dist.rank, self.step))
-        for _ in range(cfg.accumulate):
-            if self.device.type == "cuda":
-                # a new iteration for CUDA graphs (compile modes reduce-overhead, max-autotune): the last
-                # micro-step's graph outputs are consumed, their memory may be reused; a no-op otherwise
-                torch.compiler.cudagraph_mark_step_begin()
-            batch = next(self.data)
-            with self._autocast():
-                out = self.objective(self.models, batch, need=frozenset(need), generator=generator)
-            for i, n in enumerate(need):
+        batches = [next(self.data) for _ in range(cfg.accumulate)]
+        for n in need:
+            params = self._params[n]
+            self.optimizers[n].zero_grad(set_to_none=True)
+            for batch in batches:
+                if self.device.type == "cuda":
+                    # a new iteration for CUDA graphs (compile modes reduce-overhead, max-autotune): the last
+                    # call's graph outputs are consumed, their memory may be reused; a no-op otherwise
+                    torch.compiler.cudagraph_mark_step_begin()
+                with self._autocast():
+                    out = self.objective(self.models, batch, need=frozenset((n,)), generator=generator)
                 if n not in out.losses:
                     raise GenkitError(f"the objective returned no loss for optimizer '{n}' (got {sorted(out.losses)})")
                 loss = out.losses[n]
-                (loss / cfg.accumulate).backward(inputs=self._params[n], retain_graph=i < len(need) - 1)
+                (loss / cfg.accumulate).backward(inputs=params)
                 self._track(f"loss/{n}", loss.detach().float())
-            for k, v in out.metrics.items():
-                self._track(k, v.detach().float())
-        for n in need:
-            params = self._params[n]
+                for k, v in out.metrics.items():
+                    self._track(k, v.detach().float())
             distributed.all_reduce_grads(params, self.dist)
             if cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -379,12 +386,22 @@ class Trainer:
     def _check_finite(self) -> None:
         step = self._first_bad_step()
         if step >= 0:
-            last = self._latest()
-            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
-            raise GenkitError(
-                f"non-finite loss at step {step}: training stopped; {kept}. Lower the learning rate or set "
-                "--train.grad-clip, then run the same command to resume"
-            )
+            raise GenkitError(f"non-finite loss at step {step}: training stopped; {self._kept()}. Lower the "
+                              "learning rate or set --train.grad-clip, then run the same command to resume")
+
+    def _check_finite_weights(self) -> None:
+        """Before a checkpoint: a finite loss can still come with an overflowing gradient, and the update
+        then leaves inf/NaN weights (identical on every rank: DDP averages the gradients)."""
+        modules = [*self.models.values(), *(e.module for e in self.ema.values())]
+        finite = torch.stack([torch.isfinite(p).all() for m in modules for p in m.parameters()]).all()
+        if not bool(finite):
+            raise GenkitError(f"non-finite weights at step {self.step} (the losses were finite: a gradient "
+                              f"overflowed): training stopped; {self._kept()}. Lower the learning rate or set "
+                              "--train.grad-clip, then run the same command to resume")
+
+    def _kept(self) -> str:
+        last = self._latest()
+        return f"the last good checkpoint {last} is kept" if last else "no checkpoint had been written yet"
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -414,6 +431,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; all ranks take part)."""
         self._check_finite()
+        self._check_finite_weights()
         state = self.state_dict()  # collective under DDP: every rank calls it
         if self.run_dir is None or not self.dist.is_main:
             return None

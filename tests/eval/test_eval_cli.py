@@ -68,7 +68,7 @@ def test_fid_cli_classifier_features(image_runs, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("fid_classifier_nfe1", "fid_classifier_nfe2", "fid_classifier_floor_train_vs_test"):
         assert printed[key] >= 0
-    assert printed["fid_classifier_extractor"] == "classifier:imagefolder" and printed["fid_classifier_n"] == 24
+    assert printed["fid_classifier_extractor"].startswith("classifier:imagefolder@") and printed["fid_classifier_n"] == 24
     assert printed["fid_classifier_ref"] == "imagefolder:test" and printed["fid_classifier_weights"] == "ema"
     assert (flow / "fid_classifier_vs_nfe.png").stat().st_size > 0
     assert json.loads((flow / "eval.json").read_text())["fid_classifier_nfe2"] == printed["fid_classifier_nfe2"]
@@ -97,6 +97,7 @@ def test_nll_cli_on_images_reports_bits_per_dim(image_runs, capsys):
     assert code == 0 and printed["nll_n"] == 6 and printed["nll_k"] == 1 and printed["nll_split"] == "test"
     assert printed["nll_divergence"] == "hutchinson-rademacherx1" and 0 < printed["nll_bpd"] < 100
     assert printed["nll_precision"] == "fp32"
+    assert printed["nll_steps"] == 2 and printed["nll_nfe_per_solve"] == 2  # Euler: one evaluation per step
 
 
 def test_nll_bf16_is_for_cuda_only(image_runs, capsys):
@@ -137,6 +138,7 @@ def test_image_nll_resumes_where_it_stopped_and_equals_one_go(image_runs, capsys
     resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(calls) == 1  # only the third batch was computed
     assert resumed["nll_bpd"] == whole["nll_bpd"] and resumed["nll_bpd_stderr"] == whole["nll_bpd_stderr"]
+    assert resumed["nll_nfe_per_solve"] == whole["nll_nfe_per_solve"] == 2
 
 
 def _fid_and_nll(flow, clf, stats, *flags):

@@ -1,6 +1,7 @@
 """The classifier recipe: labelled batches, a tiny run that learns, its features for FID-C."""
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -104,7 +105,11 @@ def test_classifier_features_and_fid_c(trained_run, data_root):
     from genkit.data.images import load_images
 
     features = ClassifierFeatures(trained_run)
-    assert features.name == "classifier:mnist" and features.dim == 16 and features.step == 30
+    assert re.fullmatch(r"classifier:mnist@[0-9a-f]{10}", features.name) and features.dim == 16 and features.step == 30
+    # the name says which weights: FID-C reference statistics are cached under it
+    earlier = sorted((trained_run / "checkpoints").glob("step_*"))[0]
+    assert ClassifierFeatures(earlier).name != features.name and earlier.name != "step_00000030"
+    assert ClassifierFeatures(trained_run).name == features.name
     train = load_images("mnist", root=data_root, split="train", download=False)
     f = features(train[:5])
     assert f.shape == (5, 16) and f.dtype == torch.float32

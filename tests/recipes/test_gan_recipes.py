@@ -159,8 +159,10 @@ def test_load_run_refuses_other_recipes(capsys, tmp_path):
     assert run("reflow_gan", [*argv, "--train.steps", "3"], capsys)[0] == 0
     with pytest.raises(GenkitError, match="recipe 'reflow_gan', not 'monoflow'"):
         monoflow.load_run(out)
+    card = (out / "config.json").read_text()
     code, _, err = run("monoflow", [*argv, "--train.steps", "6"], capsys)
     assert "recipe 'reflow_gan'" in one_line_error(code, err)
+    assert (out / "config.json").read_text() == card and reflow_gan.load_run(out).step == 3  # the folder as it was
 
 
 def write_image_folder(root, n=8, size=8):

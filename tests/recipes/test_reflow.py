@@ -66,9 +66,11 @@ def test_run_folder_contract_and_resume(capsys, tmp_path):
     code, _, err = run(["--out", str(out), *FAST, "--train.steps", "9"], capsys)
     assert code == 0, err
     assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [3, 6, 9]
-    # another model shape on the same folder is refused
+    # another model shape on the same folder is refused, and leaves the folder as it was (still loadable)
+    card = (out / "config.json").read_text()
     code, _, err = run(["--out", str(out), *FAST, "--train.steps", "12", "--model.hidden", "64"], capsys)
     assert "shape" in one_line_error(code, err)
+    assert (out / "config.json").read_text() == card and reflow.load_run(out).step == 9
 
 
 def test_nan_loss_is_a_one_line_error_with_step(capsys, tmp_path):

@@ -127,10 +127,27 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in fresh.parameters())
 
 
-def gan_trainer(run_dir, steps):
+def test_non_finite_weights_after_finite_losses_are_never_checkpointed(tmp_path):
+    """An overflowing gradient can leave inf weights after a step whose loss was finite: the checkpoint
+    of that step is refused, the last good one kept."""
+    def overflow_at(step):
+        def cb(trainer):
+            if trainer.step == step:
+                with torch.no_grad():
+                    next(trainer.models["model"].parameters()).view(-1)[0] = float("inf")
+        return cb
+
+    t = flow_trainer(tmp_path, 50, checkpoint_every=3, log_every=100, callbacks=[overflow_at(6)])
+    with pytest.raises(GenkitError, match="non-finite weights at step 6 .*last good checkpoint .*step_00000003") as e:
+        t.fit()
+    assert "\n" not in str(e.value)
+    assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step_*"))] == [ckpt.step_dir_name(3)]
+
+
+def gan_trainer(run_dir, steps, order=("critic", "generator")):
     torch.manual_seed(0)
     models = {"generator": MLP(2, 2, hidden=32, depth=2), "critic": MLP(2, 1, hidden=32, depth=2)}
-    opts = {n: torch.optim.Adam(m.parameters(), lr=1e-3, betas=(0.0, 0.9)) for n, m in models.items()}
+    opts = {n: torch.optim.Adam(models[n].parameters(), lr=1e-3, betas=(0.0, 0.9)) for n in order}
     config = TrainConfig(steps=steps, batch_size=64, log_every=10, sample_every=0, checkpoint_every=1000,
                          tensorboard=False, progress=False)
     return Trainer(models, opts, WGANGP(latent_dim=2), ToyStream("8gaussians", 64, seed=1), config,
@@ -149,6 +166,34 @@ def test_two_optimizers_at_five_to_one(tmp_path):
     for key in ("loss/critic", "loss/generator"):
         values = [d[key] for d in log]
         assert all(math.isfinite(v) for v in values) and len(set(values)) == len(values)
+
+
+class OrderSpy:
+    """WGAN-GP's losses; records each call's ``need`` and the critic's first weight at that moment."""
+
+    def __init__(self):
+        self.inner, self.calls = WGANGP(latent_dim=2), []
+
+    def __call__(self, models, batch, *, need, generator=None):
+        self.calls.append((tuple(need), next(models["critic"].parameters()).detach().clone()))
+        return self.inner(models, batch, need=need, generator=generator)
+
+
+@pytest.mark.parametrize("order", [("critic", "generator"), ("generator", "critic")])
+def test_due_optimizers_step_in_turn_in_the_mappings_order(order):
+    """Alternating updates: on step 5 both are due; each loss is computed after the previous optimizer
+    stepped, in the order of the optimizers mapping (critic first: the generator meets the critic its
+    step-5 update produced, as in WGAN-GP's Algorithm 1)."""
+    t = gan_trainer(None, 5, order)
+    spy = t.objective = OrderSpy()
+    t.fit()
+    assert [need for need, _ in spy.calls] == [("critic",)] * 4 + [(order[0],), (order[1],)]
+    step5 = dict(zip(order, (w for _, w in spy.calls[4:])))
+    after = next(t.models["critic"].parameters()).detach()
+    if order[0] == "critic":
+        assert torch.equal(step5["generator"], after) and not torch.equal(step5["critic"], after)
+    else:  # the generator first: it meets the critic of step 4
+        assert torch.equal(step5["generator"], step5["critic"]) and not torch.equal(step5["generator"], after)
 
 
 def test_update_ratio_must_name_an_optimizer(tmp_path):
