@@ -49,6 +49,36 @@ def test_convergence_order(method, order, steps):
     assert abs(observed - order) < 0.3, (errs, observed)
 
 
+def linear_in_t(x, t):
+    """dx/dt = t x, whose flow is x(t) = x_0 exp(t^2 / 2): the field changes within each step."""
+    return t.view(-1, *([1] * (x.dim() - 1))) * x
+
+
+@pytest.mark.parametrize("method,order,steps", [("euler", 1, 64), ("midpoint", 2, 32), ("rk4", 4, 16)])
+def test_convergence_order_time_dependent_field(method, order, steps):
+    """Halving the step divides the error by ~2^order on a field that depends on t.
+
+    `quadratic` above ignores t, so it cannot see at which times the stages evaluate the field.
+    Here evaluating every stage at the left end of the step (measured: order 0.99 for midpoint
+    and rk4) or feeding 1 - t (the error stops converging: order 0.00) fails. The error is the
+    max over the whole trajectory, not only at t = 1: x' = (1 - t) x reaches the same x(1).
+
+    Tolerance: with e(h) = C h^p (1 + c h + ...), log2(e(h) / e(h/2)) = p + O(h). Measured in
+    float64 (errors 1e-2 .. 6e-8, far above rounding): 0.991, 1.985, 3.940, i.e. deviations
+    0.009 / 0.015 / 0.060; the bound 0.15 leaves 2.5x margin over the largest and is far below
+    the >= 1 drop of a wrong stage time.
+    """
+    x_0 = _x0()
+    errs = []
+    for n in (steps, 2 * steps):
+        grid = time_grid(n, dtype=torch.float64)
+        traj = integrate(linear_in_t, x_0, grid, method=method)
+        exact = x_0 * torch.exp(0.5 * grid**2).view(-1, 1, 1)
+        errs.append((traj.xs - exact).abs().max().item())
+    observed = math.log2(errs[0] / errs[1])
+    assert abs(observed - order) < 0.15, (errs, observed)
+
+
 def test_euler_first_order_on_gaussian_flow():
     z = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = MU + SIGMA * z

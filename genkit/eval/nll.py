@@ -49,6 +49,10 @@ def dequantize(
 ) -> Tensor:
     """Uniform dequantization: ``x = (x_int + u) / 256 * 2 - 1``, ``u ~ U[0, 1)`` per element.
 
+    The cells tile ``[-1, 1)`` exactly, which the bits/dim offset needs. Training images are scaled
+    ``x_int / 127.5 - 1`` (:func:`genkit.data.images.to_float`: 0 and 255 at -1 and 1), so a training
+    point lies inside its cell but not at its centre: at the lower edge for 0, the upper for 255.
+
     Args:
         x_uint8: ``(B, ...)`` uint8 images (values ``0..255``).
         generator: draws ``u`` (on ``x_uint8``'s device).
@@ -247,7 +251,7 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
         res, seconds, nfe = _resumable_image_nll(density, images, cfg, device, step=run.step)
         n = res.bits_per_dim.numel()
         out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr, "nll_k": cfg.k, "nll_nfe_per_solve": round(nfe, 1),
-                "nll_dequantization": "uniform, offset D log(2/256) (data scaled from 256 levels to [-1, 1])"}
+                "nll_dequantization": "uniform: (x + u)/128 - 1, offset D log(2/256) (training saw x/127.5 - 1)"}
     out |= {"nll_split": cfg.split if len(run.shape) > 1 else "fresh samples", "nll_n": n,
             "nll_divergence": cfg.divergence if cfg.divergence == "exact" else f"hutchinson-{cfg.probe}x{cfg.num_probes}",
             "nll_solver": cfg.method, "nll_atol": cfg.atol, "nll_rtol": cfg.rtol, "nll_weights": cfg.weights,

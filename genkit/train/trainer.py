@@ -17,6 +17,7 @@ the step number; the last good checkpoint is kept), and an optional wall-clock b
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -44,6 +46,30 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 
 
 _DDP_STOP_CHECK = 10  # steps between the ranks' agreement on stopping (see Trainer._stop_flags)
+
+
+def _python_rng_state() -> list[Any]:
+    """``random.getstate()`` as plain values: ``[version, [625 ints], gauss_next]``."""
+    version, internal, gauss_next = random.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def _set_python_rng_state(state: Sequence[Any]) -> None:
+    version, internal, gauss_next = state
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss_next))
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global (legacy ``np.random``) state as plain values and an int64 tensor of its 624 keys."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_rng_state(state: Mapping[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, int(state["pos"]), int(state["has_gauss"]),
+                         float(state["cached_gaussian"])))
 
 
 class _Clock:
@@ -214,6 +240,7 @@ class Trainer:
         # kept as they are, so a step costs no operation and no sync; reduced when logging
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_steps: dict[str, list[int]] = {}
+        self._lr_used: dict[str, float] = {}  # optimizer -> the learning rate of its latest step
 
     # ---- set-up helpers -------------------------------------------------------------------
     def _check_update_every(self) -> None:
@@ -348,6 +375,7 @@ class Trainer:
             if cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 self._track(f"grad_norm/{n}", norm.detach().float())
+            self._lr_used[n] = self.optimizers[n].param_groups[0]["lr"]  # logged: what this step trained with
             self.optimizers[n].step()
             self.lr_schedules[n].step()
         for m in sorted(set().union(*(self._owners[n] for n in need))):
@@ -363,7 +391,7 @@ class Trainer:
         self._check_finite()
         values = {k: float(torch.stack(v).mean()) for k, v in self._pending.items()}
         for n, o in self.optimizers.items():
-            values[f"lr/{n}"] = o.param_groups[0]["lr"]
+            values[f"lr/{n}"] = self._lr_used.get(n, o.param_groups[0]["lr"])  # the rate of its latest step
         values["steps_per_sec"] = steps_per_sec
         values["samples_per_sec"] = steps_per_sec * self.config.batch_size
         self._pending, self._pending_steps = {}, {}
@@ -405,8 +433,10 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything besides weights needed to continue bit for bit (tensors and plain values)."""
-        rng = {"torch": torch.get_rng_state()}
+        """Everything besides weights needed to continue bit for bit (tensors and plain values, loadable with
+        ``torch.load(weights_only=True)``), RNG states included: torch's (CPU and CUDA), Python's ``random``
+        and numpy's global ``np.random``, one set per rank."""
+        rng = {"torch": torch.get_rng_state(), "python": _python_rng_state(), "numpy": _numpy_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -463,6 +493,10 @@ class Trainer:
         rngs = state["rng"]
         rng = rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0]
         torch.set_rng_state(rng["torch"])
+        if "python" in rng:  # (checkpoints written before these were saved lack them)
+            _set_python_rng_state(rng["python"])
+        if "numpy" in rng:
+            _set_numpy_rng_state(rng["numpy"])
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])

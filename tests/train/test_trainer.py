@@ -2,9 +2,11 @@
 
 import json
 import math
+import random
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -57,18 +59,40 @@ def losses(run_dir):
     return [(d["step"], d["loss/model"]) for d in lines]
 
 
+def global_draws(record):
+    """A callback drawing from Python's and numpy's global RNGs after every step (as data augmentation or
+    a user's objective might): ``record`` gets (step, random.random(), random.gauss, np.random.rand(),
+    np.random.randn()); gauss/randn exercise the generators' cached second normal."""
+    def cb(trainer):
+        record.append((trainer.step, random.random(), random.gauss(0.0, 1.0), float(np.random.rand()),
+                       float(np.random.randn())))
+    return cb
+
+
+def seed_globals(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def test_resume_is_bit_exact(tmp_path):
     n = 20
-    full = flow_trainer(tmp_path / "full", n)
+    seed_globals(1)
+    full_draws, split_draws = [], []
+    full = flow_trainer(tmp_path / "full", n, callbacks=[global_draws(full_draws)])
     assert not full.fit().interrupted
 
-    first = flow_trainer(tmp_path / "split", n, callbacks=[interrupt_at(n // 2)])
+    seed_globals(1)
+    first = flow_trainer(tmp_path / "split", n, callbacks=[global_draws(split_draws), interrupt_at(n // 2)])
     result = first.fit()
     assert result.interrupted and result.step == n // 2
     assert result.checkpoint.name == ckpt.step_dir_name(n // 2)
 
-    second = flow_trainer(tmp_path / "split", n)  # "the same command" again
+    seed_globals(12345)  # a new process: other global states, until the checkpoint's are restored
+    second = flow_trainer(tmp_path / "split", n, callbacks=[global_draws(split_draws)])  # "the same command" again
     assert second.fit().step == n
+    # Python's and numpy's global RNGs continue as in the uninterrupted run
+    assert [d[0] for d in split_draws] == list(range(1, n + 1))
+    assert split_draws == full_draws
 
     for a, b in zip(full.models["model"].state_dict().values(), second.models["model"].state_dict().values()):
         assert torch.equal(a, b)
@@ -82,6 +106,123 @@ def test_resume_is_bit_exact(tmp_path):
     assert torch.equal(next(full.data), next(second.data))  # the next batch
     # (DropoutField draws from the global RNG: equal weights also show its state was restored)
     assert losses(tmp_path / "full") == losses(tmp_path / "split")  # same logged losses, no duplicated lines
+
+
+def global_states():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return random.getstate(), (name, keys.tolist(), pos, has_gauss, cached)
+
+
+def test_checkpoint_rng_states_load_weights_only_and_older_checkpoints_resume(tmp_path):
+    seed_globals(3)
+    random.gauss(0.0, 1.0), np.random.randn()  # leave a cached second normal in both
+    saved = global_states()  # (nothing in the run draws from them)
+    flow_trainer(tmp_path, 4).fit()
+    path = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)  # tensors and plain values
+    (rng,) = state["rng"]
+    assert set(rng) == {"torch", "python", "numpy"}
+    assert isinstance(rng["python"], list) and isinstance(rng["numpy"]["keys"], torch.Tensor)
+
+    seed_globals(4)
+    assert flow_trainer(tmp_path, 4).fit().step == 4  # resumes (nothing left to train): restores the states
+    assert global_states() == saved
+
+    # a checkpoint written before Python's and numpy's states were saved still resumes (theirs left alone)
+    del rng["python"], rng["numpy"]
+    torch.save(state, path / "trainer.pt")
+    seed_globals(7)
+    before = global_states()
+    assert flow_trainer(tmp_path, 6).fit().step == 6
+    assert global_states() == before
+
+
+def metric_lines(run_dir):
+    return [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def spied_trainer(run_dir, steps, opt_fn, **cfg):
+    """A plain velocity MLP trained with ``opt_fn(params)``, logging every step; returns the trainer and a
+    list that gets, at each optimizer step, (lr used, norm of the gradient it steps with, norm of the change)."""
+    torch.manual_seed(0)
+    model = VelocityMLP(2, hidden=16, depth=2)
+    opt = opt_fn(model.parameters())
+    seen, before = [], []
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def pre(o, args, kwargs):
+        before[:] = [p.detach().clone() for p in params]
+
+    def post(o, args, kwargs):
+        grad = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in params]))
+        change = torch.linalg.vector_norm(torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(params, before)]))
+        seen.append((o.param_groups[0]["lr"], float(grad), float(change)))
+
+    opt.register_step_pre_hook(pre)
+    opt.register_step_post_hook(post)
+    config = TrainConfig(**{"steps": steps, "batch_size": 32, "log_every": 1, "sample_every": 0, "checkpoint_every": 0,
+                            "tensorboard": False, "progress": False, **cfg})
+    t = Trainer({"model": model}, {"model": opt}, FlowMatching(AffinePath(LinearSchedule())),
+                ToyStream("8gaussians", 32, seed=0), config, run_dir=run_dir, recipe="test", run_config={})
+    return t, seen
+
+
+def test_grad_clip_bounds_the_update_and_logs_the_raw_norm(tmp_path):
+    clip, lr = 1e-2, 1.0  # SGD: the change of the weights is lr x the clipped gradient
+    t, seen = spied_trainer(tmp_path / "tiny", 4, lambda ps: torch.optim.SGD(ps, lr=lr), grad_clip=clip)
+    t.fit()
+    raw = [d["grad_norm/model"] for d in metric_lines(tmp_path / "tiny")]
+    assert len(raw) == len(seen) == 4 and all(n > 10 * clip for n in raw)  # the raw norms exceed the clip...
+    for _, grad, change in seen:  # ...and the step used a gradient of norm grad_clip
+        assert grad == pytest.approx(clip, rel=1e-4)
+        assert change == pytest.approx(lr * clip, rel=1e-3)
+
+    # a clip above the norms changes nothing: the step's gradient is the logged (pre-clip) norm
+    t, seen = spied_trainer(tmp_path / "wide", 4, lambda ps: torch.optim.SGD(ps, lr=1e-3), grad_clip=1e6)
+    t.fit()
+    raw = [d["grad_norm/model"] for d in metric_lines(tmp_path / "wide")]
+    assert [grad for _, grad, _ in seen] == pytest.approx(raw, rel=1e-5)
+
+
+def test_lr_warmup_is_linear_and_logged(tmp_path):
+    lr, w = 1e-2, 4
+    t, seen = spied_trainer(tmp_path, 6, lambda ps: torch.optim.Adam(ps, lr=lr), warmup_steps=w)
+    t.fit()
+    # step s (1, 2, ...) trains with min(1, s / w) x lr ...
+    assert [used for used, _, _ in seen] == pytest.approx([min(1.0, s / w) * lr for s in range(1, 7)], rel=1e-12)
+    # ... and the lr logged at step k is the one step k trained with
+    log = metric_lines(tmp_path)
+    assert [d["step"] for d in log] == list(range(1, 7))
+    assert [d["lr/model"] for d in log] == pytest.approx([min(1.0, k / w) * lr for k in range(1, 7)], rel=1e-12)
+
+
+def test_lr_warmup_counts_each_optimizers_own_steps(tmp_path):
+    """At 5:1 the generator's k-th step (Trainer step 5k) trains with min(1, k / w) x lr: the logged rate."""
+    w = 3
+    gan_trainer(tmp_path, 15, warmup_steps=w, log_every=5).fit()
+    log = metric_lines(tmp_path)
+    assert [d["step"] for d in log] == [5, 10, 15]
+    assert [d["lr/critic"] for d in log] == pytest.approx([1e-3] * 3, rel=1e-12)
+    assert [d["lr/generator"] for d in log] == pytest.approx([min(1.0, k / w) * 1e-3 for k in (1, 2, 3)], rel=1e-12)
+
+
+@pytest.mark.parametrize("tensorboard", [True, False])
+def test_tensorboard_events_only_when_asked(tmp_path, tensorboard):
+    flow_trainer(tmp_path, 4, log_every=2, tensorboard=tensorboard).fit()
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    if not tensorboard:
+        assert events == [] and not (tmp_path / "tensorboard").exists()
+        return
+    assert events and all(e.stat().st_size > 0 for e in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    log = metric_lines(tmp_path)
+    for key in ("loss/model", "lr/model", "grad_norm/model"):  # the same scalars as metrics.jsonl
+        scalars = acc.Scalars(key)
+        assert [e.step for e in scalars] == [d["step"] for d in log] == [2, 4]
+        assert [e.value for e in scalars] == pytest.approx([d[key] for d in log], rel=1e-6)
 
 
 def test_resume_refuses_other_recipe_and_shape(tmp_path):
@@ -144,12 +285,12 @@ def test_non_finite_weights_after_finite_losses_are_never_checkpointed(tmp_path)
     assert [p.name for p in sorted((tmp_path / "checkpoints").glob("step_*"))] == [ckpt.step_dir_name(3)]
 
 
-def gan_trainer(run_dir, steps, order=("critic", "generator")):
+def gan_trainer(run_dir, steps, order=("critic", "generator"), **cfg):
     torch.manual_seed(0)
     models = {"generator": MLP(2, 2, hidden=32, depth=2), "critic": MLP(2, 1, hidden=32, depth=2)}
     opts = {n: torch.optim.Adam(models[n].parameters(), lr=1e-3, betas=(0.0, 0.9)) for n in order}
-    config = TrainConfig(steps=steps, batch_size=64, log_every=10, sample_every=0, checkpoint_every=1000,
-                         tensorboard=False, progress=False)
+    config = TrainConfig(**{"steps": steps, "batch_size": 64, "log_every": 10, "sample_every": 0,
+                            "checkpoint_every": 1000, "tensorboard": False, "progress": False, **cfg})
     return Trainer(models, opts, WGANGP(latent_dim=2), ToyStream("8gaussians", 64, seed=1), config,
                    run_dir=run_dir, recipe="gan-test", run_config={}, seed=0, update_every={"generator": 5})
 
