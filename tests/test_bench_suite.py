@@ -480,8 +480,9 @@ def test_parallel_deadline_stops_every_running_command(tmp_path, monkeypatch, ca
     assert "\nchild says hi" not in printed and "child says hi" in (work / "logs" / "one.log").read_text()
 
 
-def test_parallel_dry_run_shows_what_each_step_waits_for(tmp_path, capsys):
-    argv = ["mnist", "--dry-run", "--work", str(tmp_path), "--parallel", "3"]
+def test_parallel_dry_run_shows_what_each_step_waits_for(shared, tmp_path, capsys):
+    argv = ["mnist", "--dry-run", "--work", str(tmp_path), "--shared", str(shared), "--data-root", str(tmp_path / "d"),
+            "--parallel", "3"]
     assert run_main(suite.main, argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(ln.startswith("mnist-reflow-fid (after mnist-reflow, mnist-classifier): python -m genkit.eval.fid")
