@@ -490,3 +490,34 @@ def test_parallel_dry_run_shows_what_each_step_waits_for(shared, tmp_path, capsy
     assert any(ln.startswith("mnist-rf: python -m genkit.recipes.reflow") for ln in lines)
     assert run_main(suite.main, [*argv[:-1], "0"]) == 2
     assert "--parallel" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("part", ["mnist", "cifar", "gans-mnist", "gans-cifar"])
+def test_any_only_selection_packs_a_summary(part, tmp_path):
+    """--only may leave out the classifier or the comparison whose folders the summary reads: packing (after
+    every step) must not fail on that, nothing run yet or a step done."""
+    cfg = suite.SuiteConfig(part=part, work=tmp_path / "w", out=tmp_path / "o")
+    steps = suite.plan(cfg)
+    for step in steps:
+        run = suite.Suite(cfg, suite.select(steps, [step.name]), cfg.out)
+        run.outcome = "done"
+        assert f"## genkit bench suite: {part}" in run.pack()
+        summary = json.loads((cfg.out / f"summary-{part}.json").read_text())
+        assert [s["name"] for s in summary["steps"]] == [step.name]
+
+
+def test_a_failing_summary_still_packs_the_results(tmp_path, monkeypatch):
+    cfg = suite.SuiteConfig(part="mnist", work=tmp_path / "w", out=tmp_path / "o")
+    steps = suite.plan(cfg)
+    (steps[0].run).mkdir(parents=True)
+    (steps[0].run / "eval.json").write_text("{}")
+
+    def broken(self):
+        raise KeyError("mnist-classifier")
+
+    monkeypatch.setattr(suite.Suite, "summarize", broken)
+    text = suite.Suite(cfg, steps, cfg.out).pack()
+    assert "summary failed (KeyError: 'mnist-classifier')" in text
+    assert json.loads((cfg.out / "summary-mnist.json").read_text())["status"] == "summary failed"
+    with tarfile.open(cfg.out / "results-mnist.tar.gz") as tar:
+        assert "mnist-classifier/eval.json" in tar.getnames()

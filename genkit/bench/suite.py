@@ -13,7 +13,7 @@ On the GPU machine, from the repository root (``.whl`` and ``.data`` are git-ign
 fills them here: carry both; results come back only through $OUT)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-    python3 -m genkit.bench.suite speed       # timeout_s 600: one call (benchmarks, then pytest -m gpu)
+    python3 -m genkit.bench.suite speed       # timeout_s 600: about two calls (benchmarks, then pytest -m gpu)
     python3 -m genkit.bench.suite mnist       # timeout_s 600: about three calls of the same command
     python3 -m genkit.bench.suite cifar       # timeout_s 600: about four calls of the same command
     python3 -m genkit.bench.suite gans-mnist  # timeout_s 600: about three calls of the same command

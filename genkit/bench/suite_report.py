@@ -52,13 +52,14 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
         out["results"] = {name.removeprefix("speed-"): suite.record(s).get("rows", []) for name, s in by_name.items()}
         return out
     evs = {s.name: read_json(s.run / "eval.json") for s in suite.steps if s.train is not None}
-    clf = evs[f"{dataset}-classifier"]
+    # the classifier and the comparison by their folders: --only may leave their steps out of this invocation
+    clf = read_json(cfg.work / f"{dataset}-classifier" / "eval.json")
     results: dict = {"classifier": {k: clf.get(k) for k in ("step", "test_accuracy", "n_test", "train_seconds")}}
     floors = [ev[FLOOR] for ev in evs.values() if FLOOR in ev]
     if floors:
         results["fid_floor_train_vs_test"] = floors[0]
     if cfg.part.startswith("gans-"):
-        out["results"] = results | gan_results(suite, evs, by_name[f"{dataset}-gans-compare"].run, gan_recipes)
+        out["results"] = results | gan_results(suite, evs, cfg.work / f"{dataset}-gans-compare", gan_recipes)
         return out
     results["stages"] = []
     for stage in ("rf", "reflow", "distill"):

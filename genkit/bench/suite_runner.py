@@ -380,9 +380,14 @@ class Runner(ABC):
         """Write summary-<part>.{json,md} and results-<part>.tar.gz into the out folder; returns the markdown."""
         from genkit.train.checkpoint import write_json_atomic
 
-        summary = self.summarize()
-        text = self.markdown(summary)
         part = self.cfg.part
+        try:
+            summary = self.summarize()
+            text = self.markdown(summary)
+        except Exception as e:  # a bug in the report must not cost the results: pack them anyway
+            error = f"{type(e).__name__}: {e}"
+            summary = {"part": part, "status": "summary failed", "error": error, "date": _now()}
+            text = f"## genkit bench suite: {part}: summary failed ({error}); the run folders are in the tarball"
         for folder in (self.cfg.work, self.out):
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(folder / f"summary-{part}.json", summary)

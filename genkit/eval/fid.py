@@ -353,7 +353,7 @@ class FIDConfig:
     """the FID Inception weights file (default: the torch hub cache)"""
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
     nfe: tuple[int, ...] = (100,)
-    """solver steps to evaluate (several: also writes fid_vs_nfe.png); ignored by one-shot samplers"""
+    """solver steps to evaluate (several: also writes fid_<features>_vs_nfe.png); ignored by one-shot samplers"""
     floor: bool = False
     """also report FID of the train split against the reference split (the data floor)"""
     batch_size: int = 500
