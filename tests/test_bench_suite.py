@@ -521,3 +521,21 @@ def test_a_failing_summary_still_packs_the_results(tmp_path, monkeypatch):
     assert json.loads((cfg.out / "summary-mnist.json").read_text())["status"] == "summary failed"
     with tarfile.open(cfg.out / "results-mnist.tar.gz") as tar:
         assert "mnist-classifier/eval.json" in tar.getnames()
+
+
+def test_a_cut_short_bits_per_dim_comes_back_in_the_tarball(tmp_path):
+    """A bits/dim evaluation stopped by the deadline keeps its finished batches (with their seconds) in the run
+    folder; the tarball carries them, since the machine, and the run folder, are gone after the session."""
+    from genkit.eval.nll import PROGRESS_FILE
+
+    cfg = suite.SuiteConfig(part="cifar", work=tmp_path / "w", out=tmp_path / "o")
+    steps = suite.plan(cfg)
+    run = next(s.run for s in steps if s.name == "cifar-rf-nll")
+    run.mkdir(parents=True)
+    (run / PROGRESS_FILE).write_text(json.dumps({"settings": {}, "batches": {"0": {"log_prob": [1.0], "seconds": 2.0}}}))
+    text = suite.Suite(cfg, steps, cfg.out).pack()
+    with tarfile.open(cfg.out / "results-cifar.tar.gz") as tar:
+        assert f"cifar-rf/{PROGRESS_FILE}" in tar.getnames()
+    assert "cut short: 1 images in 2.0 s" in text  # and the summary says how far it got
+    row = json.loads((cfg.out / "summary-cifar.json").read_text())["results"]["stages"][0]
+    assert row["nll_partial"] == {"batches": 1, "images": 1, "seconds": 2.0, "nfe_per_batch": None}

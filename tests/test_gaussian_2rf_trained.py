@@ -65,7 +65,7 @@ def run_pipeline(seed: int, pairs_dir) -> dict:
     torch.manual_seed(seed)  # network init; the library never seeds
     g = torch.Generator().manual_seed(seed + 1000)
     fm = FlowMatching(AffinePath(LinearSchedule()))
-    target = lambda g: MU + SIGMA * torch.randn(BATCH, 2, generator=g)  # noqa: E731
+    target = lambda g: MU + SIGMA * torch.randn(BATCH, 2, generator=g)
     rf1 = _train(VelocityMLP(2, hidden=HIDDEN, depth=3), fm, target, STEPS_1RF, 1e-3, g)
 
     generate_pairs(
@@ -76,7 +76,7 @@ def run_pipeline(seed: int, pairs_dir) -> dict:
     rf2 = _train(copy.deepcopy(rf1), fm, lambda g: next(stream), STEPS_2RF, 1e-3, g)
 
     x_0 = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(seed + 2000))
-    exact_1rf = lambda x, t: gaussian_rf_velocity(x, t, MU, SIGMA)  # noqa: E731
+    exact_1rf = lambda x, t: gaussian_rf_velocity(x, t, MU, SIGMA)
     return {
         "S_1rf": straightness(rf1, x_0, steps=100).value,
         "S_2rf": straightness(rf2, x_0, steps=100).value,

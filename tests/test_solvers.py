@@ -161,7 +161,7 @@ def test_float32_state_with_bf16_field():
 def test_bf16_output_is_cast_before_the_update(method):
     # A constant field 1 is exact in bf16; dt = 1/3 is not. Casting the output to float32 first keeps
     # the update dt * f at float32 precision; a bf16 product would be off by ~2e-3 after 3 steps.
-    ones = lambda x, t: torch.ones_like(x, dtype=torch.bfloat16)  # noqa: E731
+    ones = lambda x, t: torch.ones_like(x, dtype=torch.bfloat16)
     traj = integrate(ones, torch.zeros(2, 2), time_grid(3), method=method)
     torch.testing.assert_close(traj.x, torch.ones(2, 2), rtol=0, atol=1e-6)
 

@@ -71,6 +71,9 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
                "straightness": ev.get("straightness"), "transport_cost": ev.get("transport_cost"),
                "fid_classifier": {k: ev.get(f"fid_classifier_nfe{k}") for k in nfe},
                "fid_seconds": {k: ev.get(f"fid_classifier_seconds_nfe{k}") for k in nfe}, "fid_n": ev.get("fid_classifier_n")}
+        partial = _nll_partial(step.run)
+        if partial and "nll_bpd" not in ev:
+            row["nll_partial"] = partial
         if "nll_bpd" in ev:
             row |= {k: ev.get(k) for k in ("nll_bpd", "nll_bpd_stderr", "nll_n", "nll_seconds", "nll_solver", "nll_rtol",
                                               "nll_nfe_per_solve", "nll_precision")}
@@ -84,6 +87,20 @@ def _trained(suite: Runner, step: Step, ev: dict) -> dict:
     return {"run": str(step.run), "step": ev.get("step"), "train_minutes": _div(ev.get("train_seconds"), 60),
             "budget_minutes": step.train, "wall_minutes": _div(suite.record(step).get("seconds_total"), 60),
             "samples_per_second": _steady_throughput(step.run / "metrics.jsonl")}
+
+
+def _nll_partial(run: Path) -> dict | None:
+    """What a bits/dim evaluation cut short by the deadline finished: images, their seconds and NFE per solve."""
+    from genkit.eval.nll import PROGRESS_FILE
+
+    batches = read_json(run / PROGRESS_FILE).get("batches", {})
+    if not batches:
+        return None
+    images = sum(len(b["log_prob"]) for b in batches.values())
+    seconds = sum(b["seconds"] for b in batches.values())
+    nfe = [b["nfe"] for b in batches.values() if "nfe" in b]
+    return {"batches": len(batches), "images": images, "seconds": round(seconds, 1),
+            "nfe_per_batch": round(sum(nfe) / len(nfe), 1) if nfe else None}
 
 
 def _steady_throughput(metrics: Path) -> float | None:
@@ -183,6 +200,9 @@ def markdown(summary: dict) -> str:
                    _f(r["samples_per_second"], ".0f"), _f(r["straightness"]), *(_f(r["fid_classifier"][k]) for k in nfe)]
             if part == "cifar":
                 bpd = "–" if r.get("nll_bpd") is None else f"{r['nll_bpd']:.4f} ± {r['nll_bpd_stderr']:.4f}"
+                if r.get("nll_partial"):
+                    p = r["nll_partial"]
+                    bpd = f"cut short: {p['images']} images in {p['seconds']} s"
                 row += [bpd, _f(r.get("nll_n"), "d"), _f(r.get("nll_seconds"), ".1f"), _f(r.get("nll_nfe_per_solve"), ".1f")]
             rows.append(row)
         lines += _table(header, rows) + [""]

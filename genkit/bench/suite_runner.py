@@ -384,7 +384,7 @@ class Runner(ABC):
         try:
             summary = self.summarize()
             text = self.markdown(summary)
-        except Exception as e:  # a bug in the report must not cost the results: pack them anyway
+        except Exception as e:  # noqa: BLE001 -- a bug in the report must not cost the results: pack them anyway
             error = f"{type(e).__name__}: {e}"
             summary = {"part": part, "status": "summary failed", "error": error, "date": _now()}
             text = f"## genkit bench suite: {part}: summary failed ({error}); the run folders are in the tarball"
@@ -403,10 +403,13 @@ class Runner(ABC):
         return text
 
     def files(self) -> list[Path]:
+        from genkit.eval.nll import PROGRESS_FILE
+
         work, found = self.cfg.work, []
         for run in dict.fromkeys(s.run for s in self.steps if s.run is not None):
+            # (PROGRESS_FILE: the batches of a bits/dim evaluation the deadline cut short, with their seconds)
             found += [run / n for n in ("eval.json", "config.json", "metrics.jsonl", "fid_curve.json", "comparison.json",
-                                        "comparison.md") if (run / n).is_file()]
+                                        "comparison.md", PROGRESS_FILE) if (run / n).is_file()]
             found += sorted(run.glob("*.png")) + sorted((run / "samples").glob("*.png"))
         for step in self.steps:
             found += [p for p in (work / "logs" / f"{step.name}.log", self.record_path(step)) if p.is_file()]
