@@ -123,7 +123,7 @@ def test_as_velocity_wraps_eps_network():
     schedule = CosineSchedule()
     x_1, eps, t = _batch()
     x_t = AffinePath(schedule).sample(eps, x_1, t).x_t
-    net = lambda x, tt: torch.where(x == x_t, eps, torch.nan) -- an "oracle" eps network at x_t
+    net = lambda x, tt: torch.where(x == x_t, eps, torch.nan)  # an "oracle" eps network at x_t
     v = as_velocity(net, "eps", schedule)(x_t, t)
     torch.testing.assert_close(v, AffinePath(schedule).sample(eps, x_1, t).dx_t)
 
