@@ -107,7 +107,7 @@ def test_classifier_features_and_fid_c(trained_run, data_root):
     features = ClassifierFeatures(trained_run)
     assert re.fullmatch(r"classifier:mnist@[0-9a-f]{10}", features.name) and features.dim == 16 and features.step == 30
     # the name says which weights: FID-C reference statistics are cached under it
-    earlier = sorted((trained_run / "checkpoints").glob("step_*"))[0]
+    earlier = min((trained_run / "checkpoints").glob("step_*"))
     assert ClassifierFeatures(earlier).name != features.name and earlier.name != "step_00000030"
     assert ClassifierFeatures(trained_run).name == features.name
     train = load_images("mnist", root=data_root, split="train", download=False)

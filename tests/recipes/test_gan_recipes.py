@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from genkit.cli import parse_config, run_main
 from genkit.errors import GenkitError
 from genkit.recipes import monoflow, reflow_gan
-from genkit.train import checkpoint as ckpt
 
 RECIPES = {"monoflow": monoflow, "reflow_gan": reflow_gan}
 TINY = ["--model.latent-dim", "4", "--model.g-width", "16", "--model.d-width", "16", "--model.depth", "2",
@@ -42,41 +40,6 @@ def one_line_error(code, err):
 
 def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_same_values(a, b, where):
-    """Equal nested state: tensors torch.equal (dtype and shape included), everything else ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same_values(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_values(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
-
-
-def assert_same_checkpoints(run_a, run_b):
-    """The latest checkpoints of two run folders hold bit-identical weights (every model and its EMA) and
-    trainer state (optimizers, LR schedules, EMA counts, data position, torch's RNG state), wall time aside.
-    (Python's and numpy's global RNG states are saved too, but not comparable here: the recipes do not seed
-    them, and tyro's command-line parsing draws from Python's, so two runs in one process see different ones.)"""
-    a, b = (ckpt.latest_checkpoint(run / "checkpoints") for run in (run_a, run_b))
-    assert a.name == b.name
-    files = sorted(p.name for p in a.glob("*.safetensors"))
-    assert files and files == sorted(p.name for p in b.glob("*.safetensors"))
-    assert any(".ema." in f for f in files) and any(".ema." not in f for f in files)
-    for f in files:
-        assert_same_values(load_file(str(a / f)), load_file(str(b / f)), f)
-    sa, sb = ckpt.load_trainer_state(a), ckpt.load_trainer_state(b)
-    assert sa.keys() == sb.keys()
-    for key in sorted(set(sa) - {"train_seconds", "rng"}):
-        assert_same_values(sa[key], sb[key], key)
-    assert_same_values([r["torch"] for r in sa["rng"]], [r["torch"] for r in sb["rng"]], "rng.torch")
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -179,14 +142,14 @@ def test_toy_run_folder_resume_and_load_run(mode, capsys, tmp_path):
     assert x.shape == (5, 2) and torch.isfinite(x).all()
 
 
-def test_resumed_run_equals_uninterrupted_run(capsys, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(capsys, tmp_path, same_checkpoints):
     """Resume is exact: 3 + 3 steps give bit for bit the weights (generator, critic, their EMAs) and the
     optimizer states of 6 steps in one go, and so the same EMA samples."""
     argv = ["--data.dataset", "8gaussians", *TINY, "--objective.critic-steps", "2"]
     assert run("reflow_gan", [*argv, "--out", str(tmp_path / "a"), "--train.steps", "6"], capsys)[0] == 0
     assert run("reflow_gan", [*argv, "--out", str(tmp_path / "b"), "--train.steps", "3"], capsys)[0] == 0
     assert run("reflow_gan", [*argv, "--out", str(tmp_path / "b"), "--train.steps", "6"], capsys)[0] == 0
-    assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
+    same_checkpoints(tmp_path / "a", tmp_path / "b")
     z = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     a, b = (reflow_gan.load_run(tmp_path / k).sampler().sample_from_noise(z) for k in "ab")
     assert torch.equal(a, b)

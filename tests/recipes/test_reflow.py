@@ -4,11 +4,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from genkit.cli import run_main
 from genkit.recipes import reflow
-from genkit.train import checkpoint as ckpt
 
 FAST = ["--train.steps", "6", "--train.batch-size", "32", "--train.log-every", "3", "--train.checkpoint-every", "3",
         "--train.sample-every", "0", "--train.no-tensorboard", "--train.no-progress",
@@ -25,41 +23,6 @@ def one_line_error(code, err):
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     return err
-
-
-def assert_same_values(a, b, where):
-    """Equal nested state: tensors torch.equal (dtype and shape included), everything else ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same_values(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert isinstance(b, list | tuple) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_values(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, (where, a, b)
-
-
-def assert_same_checkpoints(run_a, run_b):
-    """The latest checkpoints of two run folders hold bit-identical weights (every model and its EMA) and
-    trainer state (optimizers, LR schedules, EMA counts, data position, torch's RNG state), wall time aside.
-    (Python's and numpy's global RNG states are saved too, but not comparable here: the recipes do not seed
-    them, and tyro's command-line parsing draws from Python's, so two runs in one process see different ones.)"""
-    a, b = (ckpt.latest_checkpoint(run / "checkpoints") for run in (run_a, run_b))
-    assert a.name == b.name
-    files = sorted(p.name for p in a.glob("*.safetensors"))
-    assert files and files == sorted(p.name for p in b.glob("*.safetensors"))
-    assert any(".ema." in f for f in files) and any(".ema." not in f for f in files)
-    for f in files:
-        assert_same_values(load_file(str(a / f)), load_file(str(b / f)), f)
-    sa, sb = ckpt.load_trainer_state(a), ckpt.load_trainer_state(b)
-    assert sa.keys() == sb.keys()
-    for key in sorted(set(sa) - {"train_seconds", "rng"}):
-        assert_same_values(sa[key], sb[key], key)
-    assert_same_values([r["torch"] for r in sa["rng"]], [r["torch"] for r in sb["rng"]], "rng.torch")
 
 
 def test_dry_run_resolves_preset_then_flags(capsys, tmp_path):
@@ -110,7 +73,7 @@ def test_run_folder_contract_and_resume(capsys, tmp_path):
     assert (out / "config.json").read_text() == card and reflow.load_run(out).step == 9
 
 
-def test_resumed_run_equals_uninterrupted_run(capsys, tmp_path):
+def test_resumed_run_equals_uninterrupted_run(capsys, tmp_path, same_checkpoints):
     """Resume through the command line is exact: 3 + 3 steps give bit for bit the weights, EMA weights and
     optimizer state of 6 steps in one go (then the same evaluation)."""
     steps_3 = [*FAST, "--train.steps", "3"]
@@ -118,7 +81,7 @@ def test_resumed_run_equals_uninterrupted_run(capsys, tmp_path):
     assert run(["--out", str(tmp_path / "b"), *steps_3], capsys)[0] == 0
     assert reflow.load_run(tmp_path / "b").step == 3
     assert run(["--out", str(tmp_path / "b"), *FAST], capsys)[0] == 0
-    assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
+    same_checkpoints(tmp_path / "a", tmp_path / "b")
     a, b = (reflow.load_run(tmp_path / k) for k in "ab")
     assert a.step == b.step == 6
     assert all(torch.equal(x, y) for x, y in zip(a.field.state_dict().values(), b.field.state_dict().values()))
