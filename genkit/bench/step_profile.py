@@ -72,10 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n== {name}: {n} steps, by host time\n"
               + events.table(sort_by="self_cpu_time_total", row_limit=cfg.rows, max_name_column_width=60))
         host_ms = sum(e.self_cpu_time_total for e in events) / 1000 / n
-        gpu_ms = sum(e.self_device_time_total for e in events) / 1000 / n if cuda else float("nan")
+        host = f"{name}: host {host_ms:.2f} ms/step (under the profiler)"
+        if not cuda:
+            print(f"{host} (CPU: no GPU kernels or launches)", flush=True)
+            continue
+        gpu_ms = sum(e.self_device_time_total for e in events) / 1000 / n
         launches = sum(e.count for e in events if e.key in LAUNCHES) / n
-        print(f"{name}: host {host_ms:.2f} ms/step (under the profiler), GPU kernels {gpu_ms:.2f} ms/step, "
-              f"{launches:.0f} launches/step", flush=True)
+        print(f"{host}, GPU kernels {gpu_ms:.2f} ms/step, {launches:.0f} launches/step", flush=True)
     return 0
 
 
