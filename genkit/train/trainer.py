@@ -6,12 +6,14 @@ critic every step) one after another, in the order of the ``optimizers`` mapping
 it asks the objective for that optimizer's loss, back-propagates it into that optimizer's
 parameters only, averages gradients over ranks, clips and steps, before the next one's
 loss is computed (alternating updates: a GAN's generator meets the critic its own step
-has just updated, as in the papers' algorithms). Then it updates the EMA copies. Around that: bf16 autocast, optional ``torch.compile``,
-gradient accumulation, LR warm-up, a progress bar, ``metrics.jsonl`` + TensorBoard,
-periodic snapshots (sample grids), atomic checkpoints, exact resume, and a clean
-stop on Ctrl-C / SIGTERM (checkpoint, then exit) or on a non-finite loss (stop with
-the step number; the last good checkpoint is kept), and an optional wall-clock budget
-(``time_limit``, counted over resumes: equal-time comparisons, runs split across sessions).
+has just updated, as in the papers' algorithms). Then it updates the EMA copies.
+
+Around that: bf16 autocast, optional ``torch.compile``, gradient accumulation, LR warm-up,
+a progress bar, ``metrics.jsonl`` + TensorBoard, periodic snapshots (sample grids), atomic
+checkpoints with every RNG state, exact resume, a clean stop on Ctrl-C / SIGTERM
+(checkpoint, then exit) or on a non-finite loss or weights (stop with the step number; the
+last good checkpoint is kept), and an optional wall-clock budget (``time_limit``, counted
+over resumes: equal-time comparisons, runs split across sessions).
 """
 
 from __future__ import annotations
