@@ -263,6 +263,36 @@ def test_critic_loss_is_the_reflow_regression_minus_a_constant():
     torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-12)
 
 
+def test_critic_equilibrium():
+    """SPEC §4e.3: when fakes and data coincide, L_D = gp_weight * E||grad D||^2 >= 0, zero for a constant D;
+    when the laws differ, the optimum is negative: already the linear critic D(x) = <w, x>, w the difference
+    of the means, gives E D(real) - E D(fake) = |w|^2 and penalty 1/2 |w|^2, so L_D = -1/2 |w|^2."""
+    defaults = ReFlowGAN(latent_dim=1)
+    x_fake, x_real = _pairs(12)
+    t = torch.rand(x_real.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+
+    def loss(critic, fake):
+        return critic_loss_at(critic, x_real, fake, t, gp_weight=defaults.gp_weight,
+                              gp_center=defaults.gp_center).loss.detach()
+
+    for seed in range(3):  # equal laws (the same points): the gap is 0 and the penalty is all that is left
+        critic = _mlp_f64(3, 1, seed=seed, hidden=16)
+        expected = 0.5 * input_gradient(critic, x_real).pow(2).sum(1).mean()
+        assert float(loss(critic, x_real)) >= 0
+        torch.testing.assert_close(loss(critic, x_real), expected, rtol=1e-12, atol=1e-15)
+    constant = nn.Linear(3, 1).double()
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.fill_(3.0)
+    assert float(loss(constant, x_real)) == 0.0
+    w = x_real.mean(0) - x_fake.mean(0)
+    linear = nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        linear.weight.copy_(w[None])
+    torch.testing.assert_close(loss(linear, x_fake), -0.5 * w.pow(2).sum(), rtol=1e-12, atol=1e-15)
+    assert float(loss(linear, x_fake)) < -1.0  # the pairs' means differ by 2 in each of 3 dimensions
+
+
 @pytest.mark.parametrize("center", [0.0, 1.0])
 def test_gradient_penalty_is_per_sample(center):
     """(||A x_hat_i|| - c)^2 averaged over i, x_hat_i = t_i x_real_i + (1 - t_i) x_fake_i, t = rand(B)."""
