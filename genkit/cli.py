@@ -161,13 +161,18 @@ def resolve_device(name: str) -> torch.device:
     import torch
 
     if name == "auto":
-        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise GenkitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenkitError(f"device '{name}' requested but CUDA is not available: use --device cpu")
+    if device.type == "cuda" and device.index is None:  # this process's GPU: torchrun's LOCAL_RANK, else 0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    elif device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GenkitError(f"--device {name} under torchrun would put every rank on one GPU: use --device cuda "
+                          "(each rank takes the GPU of its LOCAL_RANK)")
     return device
 
 

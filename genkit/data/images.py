@@ -203,8 +203,8 @@ class ImageStream:
             raise GenkitError(f"ImageStream expects uint8 images (N, C, H, W), got {got}; see load_images")
         _check_count("batch_size", batch_size, 1)
         _check_count("world_size", world_size, 1)
-        if not 0 <= rank < world_size:
-            raise GenkitError(f"rank must be in [0, {world_size}), got {rank}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise GenkitError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.batch_size = batch_size

@@ -51,7 +51,7 @@ def recipe_of(run_dir: str | Path) -> str:
     path = Path(run_dir) / "config.json"
     try:
         return json.loads(path.read_text())["recipe"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # (ValueError: bad JSON or bytes that are not UTF-8)
         raise GenkitError(f"{run_dir} is not a run folder (no readable config.json with a recipe): point --run at a --out folder") from None
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from genkit.errors import GenkitError
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_OLD_DIR = re.compile(r"^\.old-(step_\d{8})-\d+$")  # a checkpoint being replaced by a new save of its step
 
 
 def step_dir_name(step: int) -> str:
@@ -73,9 +74,15 @@ def save_checkpoint(
     config: Mapping[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``."""
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``.
+
+    A kill at any moment leaves the newest complete checkpoint loadable: the new one is written in a
+    temporary folder and renamed into place; one that replaces its own step is first moved aside (and
+    put back by :func:`recover_interrupted` if the kill came in between); pruned ones are renamed away
+    before they are deleted."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(root)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -104,11 +111,25 @@ def save_checkpoint(
         os.replace(tmp, final)
     _fsync(root)
     for stale in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(stale)
-    for leftover in root.glob(".tmp-*"):
-        if not leftover.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        doomed = root / f".del-{stale.name}-{os.getpid()}"
+        os.replace(stale, doomed)  # gone from the listing at once; a kill mid-delete leaves only .del-*
+        shutil.rmtree(doomed)
     return final
+
+
+def recover_interrupted(root: str | Path) -> None:
+    """Tidy what a kill during :func:`save_checkpoint` left under ``root``: a checkpoint moved aside to be
+    replaced (``.old-step_*``) goes back if its step is missing, else away; half-deleted (``.del-*``) and
+    unfinished (``.tmp-*``, of other processes) folders go. Only the process that writes checkpoints calls it."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        old = _OLD_DIR.match(p.name)
+        if old and not (root / old.group(1)).exists():
+            os.replace(p, root / old.group(1))
+        elif old or p.name.startswith(".del-") or (p.name.startswith(".tmp-") and not p.name.endswith(f"-{os.getpid()}")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -131,7 +152,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
     try:
         with open(card_path) as f:
             card = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # (json.JSONDecodeError and UnicodeDecodeError are ValueErrors)
         raise GenkitError(f"{path} is not a genkit checkpoint ({card_path.name}: {e}); point at a checkpoints/step_* folder") from None
     if not isinstance(card, dict) or "recipe" not in card or "models" not in card:
         raise GenkitError(f"{card_path} lacks 'recipe'/'models': not a genkit checkpoint")
@@ -165,8 +186,11 @@ def load_weights(path: str | Path, name: str, model: nn.Module, *, ema: bool = F
     file = Path(path) / (f"{name}.ema.safetensors" if ema else f"{name}.safetensors")
     if not file.is_file():
         raise GenkitError(f"checkpoint {path} lacks {file.name}: it is incomplete or not a genkit checkpoint")
-    with safe_open(str(file), framework="pt") as f:
-        shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error type for damaged files
+        raise GenkitError(f"cannot read {file}: damaged or incomplete ({type(e).__name__}: {e})") from None
     want = model_shapes(model)
     for key, shape in shapes.items():
         if key in want and want[key] != shape:
@@ -183,6 +207,9 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise GenkitError(f"checkpoint {path} lacks trainer.pt: it is incomplete") from None
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+    except (pickle.UnpicklingError, AttributeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GenkitError(f"refusing to load {file}: it holds more than tensors and plain values ({first})") from None
+    except (EOFError, OSError, RuntimeError, ValueError) as e:  # truncated, empty, a folder, not a torch file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GenkitError(f"cannot read {file}: damaged or incomplete ({first})") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+TIMEOUT = timedelta(hours=2)
+"""How long a collective waits for the slowest rank. Rank 0 alone generates teacher pairs, evaluates and
+writes while the others wait at a barrier: torch's defaults (10 min for NCCL) would end such runs."""
+
+
 def init(device: torch.device) -> DistInfo:
     """Join the process group if launched by torchrun; a no-op for one process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,9 +51,9 @@ def init(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            dist.init_process_group(backend, device_id=device)
+            dist.init_process_group(backend, device_id=device, timeout=TIMEOUT)
         else:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=TIMEOUT)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -72,18 +78,24 @@ def broadcast_models(models: Mapping[str, nn.Module], info: DistInfo) -> None:
 
 @torch.no_grad()
 def all_reduce_grads(params: Iterable[torch.Tensor], info: DistInfo) -> None:
-    """Average ``.grad`` over ranks in one flat all-reduce (missing grads count as 0)."""
+    """Average ``.grad`` over ranks in one flat all-reduce. A rank without a parameter's grad adds 0; a
+    parameter no rank has a grad for keeps ``grad = None``, so the optimizer skips it as one process would
+    (a zero grad would still move it under momentum or weight decay)."""
     if not info.enabled:
         return
     params = [p for p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numel,)
+    has = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([*(g.reshape(-1) for g in grads), has])  # (sum of numel + len(params),)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= info.world_size
+    # which parameters some rank has a grad for: known without a host sync on a rank that has them all
+    missing_here = any(p.grad is None for p in params)
+    seen = (flat[-len(params):] > 0).tolist() if missing_here else [True] * len(params)
     offset = 0
-    for p in params:
+    for i, p in enumerate(params):
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone() if seen[i] else None
         offset += n
 
 

@@ -477,6 +477,9 @@ class Trainer:
         return ckpt.latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
 
     def _resume(self) -> None:
+        if self.run_dir is not None and self.dist.is_main:
+            ckpt.recover_interrupted(self.run_dir / "checkpoints")  # a kill mid-save: the last good one back
+        distributed.barrier(self.dist)
         path = self._latest()
         if path is None:
             return

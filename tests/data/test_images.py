@@ -190,8 +190,9 @@ def test_stream_bad_input():
         ImageStream(to_float(_images()), 8, seed=0)
     with pytest.raises(GenkitError, match="batch_size"):
         ImageStream(_images(n=10), 8, seed=0, world_size=2)
-    with pytest.raises(GenkitError, match="rank"):
-        ImageStream(_images(), 8, seed=0, rank=2, world_size=2)
+    for rank in (2, True, "0"):  # out of range, a bool, a string: one-line errors, as PairStream's
+        with pytest.raises(GenkitError, match="rank must be an integer"):
+            ImageStream(_images(), 8, seed=0, rank=rank, world_size=2)
     stream = ImageStream(_images(), 8, seed=0)
     with pytest.raises(GenkitError, match="batches per epoch"):
         stream.load_state_dict({"epoch": 0, "index": 99})

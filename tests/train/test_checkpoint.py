@@ -92,3 +92,69 @@ def test_not_a_checkpoint_and_shape_mismatch(tmp_path):
         ckpt.check_compatible(path, recipe="other", models={"m": nn.Linear(4, 3)})
     with pytest.raises(GenkitError, match="shape"):
         ckpt.load_weights(path, "m", nn.Linear(5, 3))
+
+
+def test_a_kill_while_replacing_a_step_leaves_it_recoverable(tmp_path, monkeypatch):
+    """A step saved again (a finished run started once more) is moved aside, then replaced: a kill in between
+    leaves only ``.old-step_*``. The next writer puts it back; with the step present it just goes."""
+    model = nn.Linear(4, 3)
+    save(tmp_path, 5, model, keep=1)
+    real_replace = os.replace
+
+    def killed_after_moving_aside(src, dst):
+        real_replace(src, dst)
+        if ".old-" in str(dst):
+            raise KeyboardInterrupt  # the kill
+
+    monkeypatch.setattr(ckpt.os, "replace", killed_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 5, model, keep=1)
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    assert ckpt.list_checkpoints(tmp_path) == [] and list(tmp_path.glob(".old-step_00000005-*"))
+    ckpt.recover_interrupted(tmp_path)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000005"]
+    assert ckpt.load_trainer_state(tmp_path / "step_00000005")["step"] == 5
+    assert not list(tmp_path.glob(".old-*"))  # (the unfinished .tmp-* is this process's: the next one sweeps it)
+
+
+def test_a_kill_while_pruning_never_lists_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    model = nn.Linear(4, 3)
+    save(tmp_path, 1, model, keep=1)
+
+    def killed_mid_delete(path, *args, **kwargs):
+        (path / "m.safetensors").unlink()  # half of it gone ...
+        raise KeyboardInterrupt  # ... then the kill
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2, model, keep=1)
+    monkeypatch.undo()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002"]  # not the half-deleted step 1
+    save(tmp_path, 3, model, keep=1)  # the next save sweeps the remains
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003"]
+
+
+@pytest.mark.parametrize("damage", ["empty trainer.pt", "trainer.pt is a folder", "truncated trainer.pt",
+                                    "empty safetensors", "config.json not UTF-8"])
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, damage):
+    model = nn.Linear(4, 3)
+    path = save(tmp_path, 1, model)
+    if damage == "empty trainer.pt":
+        (path / "trainer.pt").write_bytes(b"")
+    elif damage == "trainer.pt is a folder":
+        (path / "trainer.pt").unlink()
+        (path / "trainer.pt").mkdir()
+    elif damage == "truncated trainer.pt":
+        data = (path / "trainer.pt").read_bytes()
+        (path / "trainer.pt").write_bytes(data[: len(data) // 2])
+    elif damage == "empty safetensors":
+        (path / "m.safetensors").write_bytes(b"")
+    else:
+        (path / "config.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(GenkitError) as e:
+        ckpt.read_card(path)
+        ckpt.load_weights(path, "m", nn.Linear(4, 3))
+        ckpt.load_trainer_state(path)
+    message = str(e.value)
+    assert "\n" not in message and ("damaged or incomplete" in message or "not a genkit checkpoint" in message)
+    assert "more than tensors" not in message  # damage is not mistaken for pickled code
