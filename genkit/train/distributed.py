@@ -85,7 +85,10 @@ def all_reduce_grads(params: Iterable[torch.Tensor], info: DistInfo) -> None:
         return
     params = [p for p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    has = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    has = grads[0].new_ones(len(params))  # (len(params),): 1 where this rank has the grad (no host-to-device copy)
+    for i, p in enumerate(params):
+        if p.grad is None:
+            has[i] = 0
     flat = torch.cat([*(g.reshape(-1) for g in grads), has])  # (sum of numel + len(params),)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= info.world_size
