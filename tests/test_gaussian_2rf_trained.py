@@ -23,6 +23,7 @@ import copy
 
 import pytest
 import torch
+from toy_training import train_steps
 
 from genkit.analytic import gaussian_rf_map, gaussian_rf_velocity
 from genkit.eval.straightness import straightness
@@ -39,18 +40,6 @@ STEPS_2RF = 600
 N_PAIRS = 4096
 N_EVAL = 2000
 HIDDEN = 64
-NEED = frozenset({"model"})
-
-
-def _train(model, objective, next_batch, steps, lr, g):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = objective({"model": model}, next_batch(g), need=NEED, generator=g).losses["model"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 def _one_step_rel_error(field, x_0):
@@ -66,14 +55,14 @@ def run_pipeline(seed: int, pairs_dir) -> dict:
     g = torch.Generator().manual_seed(seed + 1000)
     fm = FlowMatching(AffinePath(LinearSchedule()))
     target = lambda g: MU + SIGMA * torch.randn(BATCH, 2, generator=g)
-    rf1 = _train(VelocityMLP(2, hidden=HIDDEN, depth=3), fm, target, STEPS_1RF, 1e-3, g)
+    rf1 = train_steps(VelocityMLP(2, hidden=HIDDEN, depth=3), fm, target, STEPS_1RF, 1e-3, g)
 
     generate_pairs(
         rf1, pairs_dir, n=N_PAIRS, shape=(2,), seed=seed, method="rk4", steps=16,
         batch_size=N_PAIRS, shard_size=N_PAIRS, progress=False,
     )
     stream = PairStream(pairs_dir, BATCH, seed=seed)
-    rf2 = _train(copy.deepcopy(rf1), fm, lambda g: next(stream), STEPS_2RF, 1e-3, g)
+    rf2 = train_steps(copy.deepcopy(rf1), fm, lambda g: next(stream), STEPS_2RF, 1e-3, g)
 
     x_0 = torch.randn(N_EVAL, 2, generator=torch.Generator().manual_seed(seed + 2000))
     exact_1rf = lambda x, t: gaussian_rf_velocity(x, t, MU, SIGMA)

@@ -19,6 +19,7 @@ import copy
 
 import pytest
 import torch
+from toy_training import train_steps
 
 from genkit.couplings import Pairs
 from genkit.data.toy import sample_toy
@@ -35,17 +36,6 @@ BATCH = 256
 N_PAIRS = 4096
 N_EVAL = 2000
 HIDDEN = 64
-NEED = frozenset({"model"})
-
-
-def _train(model, objective, batches, steps, lr, g):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = objective({"model": model}, batches(g), need=NEED, generator=g).losses["model"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 def _pair_batches(pairs):
@@ -68,11 +58,11 @@ def run_pipeline(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed + 1000)
     fm = FlowMatching(AffinePath(LinearSchedule()))
     data_batches = lambda g: sample_toy(DATASET, BATCH, generator=g)  # noqa: E731
-    rf1 = _train(VelocityMLP(2, hidden=HIDDEN, depth=3), fm, data_batches, 1500, 2e-3, g)
+    rf1 = train_steps(VelocityMLP(2, hidden=HIDDEN, depth=3), fm, data_batches, 1500, 2e-3, g)
     z_0 = torch.randn(N_PAIRS, 2, generator=g)
-    rf2 = _train(copy.deepcopy(rf1), fm, _pair_batches(_teacher_pairs(rf1, z_0)), 1000, 1e-3, g)
+    rf2 = train_steps(copy.deepcopy(rf1), fm, _pair_batches(_teacher_pairs(rf1, z_0)), 1000, 1e-3, g)
     pairs2 = _teacher_pairs(rf2, z_0)
-    distilled = _train(copy.deepcopy(rf2), Distillation(steps=1), _pair_batches(pairs2), 1000, 1e-3, g)
+    distilled = train_steps(copy.deepcopy(rf2), Distillation(steps=1), _pair_batches(pairs2), 1000, 1e-3, g)
 
     ge = torch.Generator().manual_seed(seed + 2000)
     x_0 = torch.randn(N_EVAL, 2, generator=ge)
