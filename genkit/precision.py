@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Precision", "ResolvedPrecision", "autocast_field", "resolve_precision"]
+__all__ = ["Precision", "ResolvedPrecision", "autocast_field", "field_precision", "resolve_precision"]
 
 Precision = Literal["auto", "fp32", "bf16"]
 """a precision setting: auto resolves by device"""
@@ -28,10 +28,15 @@ def resolve_precision(precision: Precision, device: torch.device) -> ResolvedPre
     return precision
 
 
+def field_precision(precision: Precision, device: torch.device) -> ResolvedPrecision:
+    """What a network wrapped by :func:`autocast_field` runs in: bf16 only on CUDA, when asked for."""
+    return "bf16" if device.type == "cuda" and resolve_precision(precision, device) == "bf16" else "fp32"
+
+
 def autocast_field(net: Callable[[Tensor, Tensor], Tensor], device: torch.device, precision: Precision) -> Callable:
-    """``net`` evaluated under bf16 autocast on CUDA when ``precision`` resolves to bf16, else ``net``
-    itself: the caller's tensors (the solver state) keep their dtype, float32."""
-    if device.type != "cuda" or resolve_precision(precision, device) != "bf16":
+    """``net`` evaluated under bf16 autocast when :func:`field_precision` says bf16, else ``net`` itself:
+    the caller's tensors (the solver state) keep their dtype, float32."""
+    if field_precision(precision, device) != "bf16":
         return net
 
     def field(x: Tensor, t: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from genkit.errors import GenkitError
 from genkit.eval.density import Density, FlowDensity, log_mean_exp
-from genkit.precision import ResolvedPrecision, autocast_field
+from genkit.precision import ResolvedPrecision, autocast_field, field_precision
 from genkit.sampling import compile_for_sampling
 from genkit.solvers import FIXED_STEP_METHODS
 
@@ -256,7 +256,7 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
             "nll_divergence": cfg.divergence if cfg.divergence == "exact" else f"hutchinson-{cfg.probe}x{cfg.num_probes}",
             "nll_solver": cfg.method, "nll_atol": cfg.atol, "nll_rtol": cfg.rtol, "nll_weights": cfg.weights,
             **({"nll_steps": cfg.steps} if cfg.method in FIXED_STEP_METHODS else {}),
-            "nll_seed": cfg.seed, "nll_precision": cfg.precision if device.type == "cuda" else "fp32",
+            "nll_seed": cfg.seed, "nll_precision": field_precision(cfg.precision, device),
             "nll_seconds": round(seconds, 2)}
     return out
 
