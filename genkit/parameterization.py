@@ -54,6 +54,8 @@ __all__ = [
 Prediction = Literal["velocity", "eps", "x_1", "score"]
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 
+_EDGE = 2.0**-20  # ScheduleTransfer keeps its times in [_EDGE, 1 - _EDGE] (exact in float32)
+
 
 def to_x1_eps(kind: Prediction, pred: Tensor, x_t: Tensor, t: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor]:
     """The pair ``(x_1_hat, eps_hat)`` consistent with a prediction and ``x_t``.
@@ -157,6 +159,13 @@ class ScheduleTransfer:
     points, where the identity no longer holds: e.g. a VP-trained field (``alpha_0 ~ 6.6e-3``)
     cannot serve a linear target at ``r < ~6.6e-3``.
 
+    End points: ``r`` and ``t_r`` are clamped to ``[2^-20, 1 - 2^-20]`` before use, because the
+    coefficients may be singular at 0 or 1 (VP's ``d_sigma_1 = -inf`` made every sample NaN,
+    even for the identity transfer VP -> VP). The field at ``r = 1`` is thus the (finite) one at
+    ``r = 1 - 2^-20``. A field trained under ``PolynomialSchedule(n > 1)`` is ill-conditioned near
+    ``r = 0``: ``t_r' ~ 1 / (n t_r^(n-1))`` is large there (512 at ``r = 2^-20`` for ``n = 2`` and a
+    linear target) and amplifies the network's error at small ``t``.
+
     Args:
         field: ``field(x: (B, ...), t: (B,)) -> (B, ...)`` velocity trained under ``trained``.
         trained: the schedule the field was trained with.
@@ -169,8 +178,9 @@ class ScheduleTransfer:
     def __call__(self, x: Tensor, r: Tensor) -> Tensor:
         """Target-schedule velocity at ``x: (B, ...)``, ``r: (B,)``; returns ``(B, ...)``."""
         _check(None, x, x, r)
+        r = r.clamp(_EDGE, 1.0 - _EDGE)  # see "End points" above
         tb = self.target(r)
-        t_r = self.matched_time(r)
+        t_r = self.matched_time(r).clamp(_EDGE, 1.0 - _EDGE)
         tr = self.trained(t_r)
         k = (tb.alpha_t + tb.sigma_t) / (tr.alpha_t + tr.sigma_t)
         dt_dr = (tb.d_alpha_t * tb.sigma_t - tb.d_sigma_t * tb.alpha_t) / (

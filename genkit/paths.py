@@ -161,7 +161,8 @@ class CustomSchedule:
     Each callable maps ``t: (B,)`` to ``(B,)`` elementwise (entry ``i`` may depend
     on ``t[i]`` only) with differentiable torch ops. The values keep ``t``'s autograd
     graph; the derivatives are computed on a detached copy with ``create_graph=False``
-    (so they are constants for the caller's autograd) and work under ``torch.no_grad()``.
+    (so they are constants for the caller's autograd) and work under ``torch.no_grad()`` and
+    ``torch.inference_mode()``.
     Follow genkit's convention ``alpha_0 = 0, sigma_0 = 1, alpha_1 = 1, sigma_1 = 0``;
     the log signal-to-noise ratio ``log(alpha_t / sigma_t)`` should increase with ``t``.
     """
@@ -173,8 +174,10 @@ class CustomSchedule:
     def __call__(self, t: Tensor) -> Coefficients:
         """Coefficients at ``t: (B,)``; each returned field is ``(B,)``."""
         _check_times(t)
-        with torch.enable_grad():
-            leaf = t.detach().requires_grad_(True)
+        # inference_mode(False): under torch.inference_mode() enable_grad() alone records no graph,
+        # and the derivatives silently came out as zeros. The clone is a normal (non-inference) tensor.
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = t.detach().clone().requires_grad_(True)
             a, s = self._values(leaf)
             d_alpha = _elementwise_derivative(a, leaf, retain_graph=True)
             d_sigma = _elementwise_derivative(s, leaf, retain_graph=False)

@@ -48,7 +48,13 @@ def compile_for_sampling(net: nn.Module, device: str | torch.device, *, enabled:
 
 @runtime_checkable
 class Sampler(Protocol):
-    """Anything that returns ``n`` samples, ``(n, ...)``, drawing randomness from ``generator``."""
+    """Anything that returns ``n`` samples, ``(n, ...)``, drawing randomness from ``generator``.
+
+    genkit's samplers also report the cost of their latest call: after every ``sample()`` (and
+    ``solve()``) call, ``last_nfe: int`` holds the number of network evaluations each sample took
+    (an ODE solve's NFE, one for a GAN generator; 0 before the first call). It is not part of
+    the protocol, so any object with ``sample(n, *, generator)`` is still a sampler.
+    """
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor: ...
 
@@ -65,6 +71,11 @@ class ODESampler:
         atol, rtol: tolerances of ``dopri5``.
         device: where the noise is drawn and the solve runs; a ``generator`` passed
             to :meth:`sample` must live on this device.
+
+    Attributes:
+        last_nfe: field evaluations of the latest :meth:`sample` or :meth:`solve` call (each
+            evaluates the whole batch): ``steps x stages`` for fixed-step methods, chosen by
+            ``dopri5``; 0 before the first call.
     """
 
     def __init__(
@@ -89,9 +100,10 @@ class ODESampler:
         self.atol = atol
         self.rtol = rtol
         self.device = torch.device(device)
+        self.last_nfe = 0
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` samples, ``(n, *shape)`` float32, without building a graph."""
+        """Draw ``n`` samples, ``(n, *shape)`` float32, without building a graph; sets :attr:`last_nfe`."""
         if n < 1:
             raise GenkitError(f"n must be >= 1, got {n}")
         x_0 = torch.randn((n, *self.shape), generator=generator, device=self.device)
@@ -104,7 +116,7 @@ class ODESampler:
         Returns a :class:`Trajectory` whose ``xs: (keep, B, *shape)`` holds the states at
         ``keep`` times evenly spaced in ``[0, 1]`` (``xs[0]`` is ``x_0``, ``xs[-1]`` the
         samples); fixed-step methods still step on the full grid. Differentiable unless
-        called under ``torch.no_grad()``.
+        called under ``torch.no_grad()``. Sets :attr:`last_nfe` to the trajectory's ``nfe``.
         """
         if keep < 2:
             raise GenkitError(f"keep must be >= 2 (t = 0 and t = 1), got {keep}")
@@ -117,9 +129,9 @@ class ODESampler:
             grid = time_grid(self.steps, device=self.device, dtype=dtype)
         else:
             grid = save_at  # adaptive: the grid is only where states are reported
-        return integrate(
-            self.field, x_0, grid, method=self.method, atol=self.atol, rtol=self.rtol, save_at=save_at
-        )
+        traj = integrate(self.field, x_0, grid, method=self.method, atol=self.atol, rtol=self.rtol, save_at=save_at)
+        self.last_nfe = traj.nfe
+        return traj
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
@@ -146,6 +158,9 @@ class GeneratorSampler:
         latent_dim: size of ``z``.
         device: where ``z`` is drawn and ``G`` runs; a ``generator`` passed to :meth:`sample` must live there.
         batch_size: at most this many samples per forward pass (large ``n`` for FID).
+
+    Attributes:
+        last_nfe: generator evaluations per sample of the latest call: 1 (0 before the first call).
     """
 
     def __init__(self, generator_net: nn.Module, latent_dim: int, device: str | torch.device = "cpu",
@@ -154,9 +169,10 @@ class GeneratorSampler:
             raise GenkitError(f"latent_dim and batch_size must be >= 1, got {latent_dim} and {batch_size}")
         self.net, self.latent_dim, self.batch_size = generator_net, latent_dim, batch_size
         self.device = torch.device(device)
+        self.last_nfe = 0
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples ``(n, ...)`` from noise drawn with ``generator``."""
+        """``n`` samples ``(n, ...)`` from noise drawn with ``generator``; sets :attr:`last_nfe`."""
         if n < 1:
             raise GenkitError(f"n must be >= 1, got {n}")
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
@@ -180,7 +196,9 @@ class GeneratorSampler:
         try:
             with torch.no_grad():
                 z = z.to(self.device)
-                return torch.cat([self.net(c).float() for c in z.split(self.batch_size)])
+                x = torch.cat([self.net(c).float() for c in z.split(self.batch_size)])
+            self.last_nfe = 1
+            return x
         finally:
             self.net.train(was_training)
 

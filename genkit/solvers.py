@@ -82,9 +82,12 @@ def integrate(
 
     Fixed-step methods (``euler``, ``midpoint``, ``rk4``) take exactly one step per
     grid interval; ``dopri5`` is adaptive (``atol``, ``rtol``) and only reports its
-    states at the grid times. The state is float64 if ``x`` is float64 and float32
-    otherwise; the field's output (bf16 under autocast, say) is cast to it. The solve
-    is differentiable unless the caller wraps it in ``torch.no_grad()``.
+    states at the grid times. The field is only evaluated at times between ``grid[0]``
+    and ``grid[-1]``: ``dopri5``'s last step ends exactly on ``grid[-1]`` instead of
+    overshooting it (a trained network never saw ``t > 1``). The state is float64 if
+    ``x`` is float64 and float32 otherwise; the field's output (bf16 under autocast,
+    say) is cast to it. The solve is differentiable unless the caller wraps it in
+    ``torch.no_grad()``.
 
     Args:
         field: velocity ``field(x: (B, ...), t: (B,)) -> (B, ...)``.
@@ -118,12 +121,19 @@ def integrate(
         if method in FIXED_STEP_METHODS:
             # torchdiffeq steps on the constructed grid and reports at `times`.
             options["grid_constructor"] = lambda func, y0, t: grid
+    if method not in FIXED_STEP_METHODS:
+        # An adaptive step may otherwise overshoot the end and interpolate back, evaluating the
+        # field past it (t up to ~1.3 forwards, ~-0.3 backwards): make the last step land on it.
+        options["step_t"] = grid[-1:]
+    lo, hi = torch.aminmax(grid)
     batch = x.shape[0]
     nfe = 0
 
     def func(t: Tensor, y: Tensor) -> Tensor:
         nonlocal nfe
         nfe += 1
+        # Steps stay within the grid; only dopri5's initial step-size probe may reach past it.
+        t = t.clamp(lo, hi)
         return field(y, t.expand(batch)).to(dtype)
 
     xs = odeint(func, x, times, method=method, atol=atol, rtol=rtol, options=options)

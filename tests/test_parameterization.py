@@ -188,3 +188,43 @@ def test_matched_time_matches_snr_and_end_points():
     t32 = transfer.matched_time(r.float())
     assert t32.dtype == torch.float32
     torch.testing.assert_close(t32, (s / (s + c)).float(), rtol=0, atol=1e-6)
+
+
+def _smooth_field(x, t):
+    """A stand-in for a trained network: finite and smooth at every t in [0, 1]."""
+    return torch.sin(x) * (1.0 + t[:, None]) - 0.5 * x
+
+
+@pytest.mark.parametrize("target", ["vp", "linear", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_schedule_transfer_from_vp_is_finite_at_r_1(target, dtype):
+    # VP's d_sigma_1 = -inf gave dt_dr = 0 and dk_dr = 0 * inf = NaN at r = 1 (in float32 for every
+    # r >= ~1 - 1e-5, where t_r rounds to 1), so rk4 and dopri5 samples were all NaN.
+    from genkit.sampling import ODESampler
+
+    transfer = ScheduleTransfer(_smooth_field, VPSchedule(), SCHEDULES[target])
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    r = torch.tensor([1.0 - 1e-6, 1.0 - 2**-24, 1.0] + [1.0] * 5, dtype=dtype)
+    assert torch.isfinite(transfer(x, r)).all()
+    samples = ODESampler(transfer, (2,), method="rk4", steps=10).sample(16, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(samples).all()
+
+
+def test_identity_transfer_vp_to_vp_reproduces_the_field():
+    from genkit.sampling import ODESampler
+
+    z = torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    plain = ODESampler(_smooth_field, (2,), method="rk4", steps=10).solve(z).x
+    transfer = ScheduleTransfer(_smooth_field, VPSchedule(), VPSchedule())
+    same = ODESampler(transfer, (2,), method="rk4", steps=10).solve(z).x
+    # Only the last stage (r = 1, evaluated at 1 - 2^-20) and float32 bisection differ.
+    torch.testing.assert_close(same, plain, rtol=0, atol=1e-5)
+
+
+def test_schedule_transfer_from_polynomial_is_bounded_at_r_0():
+    # Under PolynomialSchedule(2) t_r = sqrt(r) for a linear target, so t_r' = 1 / (2 sqrt(r)) is infinite
+    # at r = 0 (it was ~1e8 at the bisection's t_r = 3.7e-9); r is clamped to 2^-20, where t_r' = 512.
+    transfer = ScheduleTransfer(_smooth_field, PolynomialSchedule(2.0), LinearSchedule())
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(3))
+    v = transfer(x, torch.zeros(8))
+    assert torch.isfinite(v).all() and v.abs().max().item() < 1e3

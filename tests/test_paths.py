@@ -183,10 +183,12 @@ def _custom_vp(beta_min=0.1, beta_max=20.0):
     ],
     ids=["cosine", "vp", "linear", "cubic"],
 )
-@pytest.mark.parametrize("no_grad", [False, True])
-def test_custom_schedule_matches_builtin(custom, builtin, no_grad):
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode"])
+def test_custom_schedule_matches_builtin(custom, builtin, mode):
+    # Under torch.inference_mode() enable_grad() records no graph: the derivatives were silently zero.
     t = torch.linspace(0.01, 0.99, 41, dtype=torch.float64)
-    with torch.set_grad_enabled(not no_grad):
+    context = torch.inference_mode() if mode == "inference_mode" else torch.set_grad_enabled(mode == "grad")
+    with context:
         a, b = custom(t), builtin(t)
     for name in ("alpha_t", "sigma_t", "d_alpha_t", "d_sigma_t"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-12)

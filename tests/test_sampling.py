@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from genkit.errors import GenkitError
-from genkit.sampling import ODESampler, Sampler, compile_for_sampling, compiles_for_sampling
+from genkit.sampling import (
+    GeneratorSampler,
+    ODESampler,
+    Sampler,
+    compile_for_sampling,
+    compiles_for_sampling,
+)
 
 MU, SIGMA, D = 1.7, 0.4, 2
 
@@ -20,7 +26,7 @@ def test_is_a_sampler():
 
 @pytest.mark.parametrize(
     "method,steps,solver_tol,tol",
-    [("euler", 100, 1e-5, 5e-2), ("rk4", 20, 1e-5, 1e-4), ("dopri5", 1, 1e-5, 1e-3), ("dopri5", 1, 1e-7, 1e-4)],
+    [("euler", 100, 1e-5, 5e-2), ("rk4", 20, 1e-5, 1e-4), ("dopri5", 1, 1e-5, 5e-5), ("dopri5", 1, 1e-7, 5e-5)],
 )
 def test_reproduces_gaussian_flow_map(method, steps, solver_tol, tol):
     sampler = ODESampler(gaussian_rf_velocity, (D,), method=method, steps=steps, atol=solver_tol, rtol=solver_tol)
@@ -30,9 +36,47 @@ def test_reproduces_gaussian_flow_map(method, steps, solver_tol, tol):
     assert samples.shape == (n, D) and samples.dtype == torch.float32
     assert not samples.requires_grad
     # Euler's global error is first order, about |z| / steps here (observed max 0.027 at 100 steps over
-    # 256 samples); rk4 at 20 steps is ~1e-5; dopri5's global error follows its local tolerance
-    # (observed 2.9e-4 at 1e-5 and below 1e-5 at 1e-7).
+    # 256 samples); rk4 at 20 steps is ~1e-5; dopri5 (last step ending on t = 1) observed 1.3e-5 at
+    # tolerance 1e-5 in 32 NFE (2.9e-4 in 50 NFE when it overshot t = 1) and 1.2e-5 at 1e-7, where
+    # the float32 state's rounding dominates.
     assert (samples - (MU + SIGMA * z)).abs().max().item() < tol
+
+
+def test_dopri5_sampler_evaluates_the_field_only_on_0_1():
+    # The net never saw t > 1 (the UNet embeds 999 t; VP-derived fields are NaN there): a dopri5 step
+    # that overshot t = 1 and interpolated back evaluated it at t up to 1.32.
+    seen = []
+
+    def field(x, t):
+        seen.append(t[0].item())
+        return gaussian_rf_velocity(x, t)
+
+    sampler = ODESampler(field, (D,), method="dopri5")
+    traj = sampler.solve(torch.randn(256, D, generator=torch.Generator().manual_seed(0)), keep=5)
+    assert 0.0 <= min(seen) and max(seen) <= 1.0
+    assert sampler.last_nfe == traj.nfe == len(seen)
+
+
+@pytest.mark.parametrize("method,steps,nfe", [("euler", 7, 7), ("rk4", 5, 20)])
+def test_every_sample_call_reports_its_nfe(method, steps, nfe):
+    sampler = ODESampler(gaussian_rf_velocity, (D,), method=method, steps=steps)
+    assert sampler.last_nfe == 0
+    out = sampler.sample(4, generator=torch.Generator().manual_seed(0))
+    assert isinstance(out, torch.Tensor) and sampler.last_nfe == nfe
+    adaptive = ODESampler(gaussian_rf_velocity, (D,), method="dopri5")
+    adaptive.sample(4, generator=torch.Generator().manual_seed(0))
+    first = adaptive.last_nfe
+    assert first > 0
+    adaptive.atol = adaptive.rtol = 1e-8
+    adaptive.sample(4, generator=torch.Generator().manual_seed(0))
+    assert adaptive.last_nfe > first  # the latest call's count, not a running total
+
+
+def test_generator_sampler_reports_one_evaluation_per_sample():
+    sampler = GeneratorSampler(torch.nn.Linear(3, 2), 3, batch_size=2)
+    assert sampler.last_nfe == 0
+    assert sampler.sample(5, generator=torch.Generator().manual_seed(0)).shape == (5, 2)
+    assert sampler.last_nfe == 1
 
 
 def test_same_seed_same_samples():

@@ -175,6 +175,31 @@ def test_backward_integration_inverts_forward():
     torch.testing.assert_close(back.x, x_0, rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("tol", [1e-3, 1e-5])
+@pytest.mark.parametrize("t0,t1", [(0.0, 1.0), (1.0, 0.0)])
+def test_dopri5_never_evaluates_the_field_outside_the_grid(t0, t1, tol):
+    # Unconstrained, dopri5's last step overshoots the end and interpolates back: the field saw
+    # t up to 1.32 forwards (1.77 at tol 1e-3) and down to -0.30 on the reversed (likelihood) solve.
+    seen = []
+
+    def field(x, t):
+        seen.append(t[0].item())
+        return gaussian_rf_velocity(x, t)
+
+    z = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    grid = time_grid(4, t0=t0, t1=t1)  # intermediate report times too
+    traj = integrate(field, z, grid, method="dopri5", atol=tol, rtol=tol)
+    assert traj.xs.shape == (5, 256, 2) and traj.nfe == len(seen)
+    assert 0.0 <= min(seen) and max(seen) <= 1.0
+
+
+def test_dopri5_initial_step_probe_stays_in_the_grid():
+    # A slow field makes torchdiffeq's first-step probe h0 = 0.01 |x| / |f| ~ 100, far past the end.
+    seen = []
+    integrate(lambda x, t: seen.append(t[0].item()) or 1e-4 * x, torch.ones(2, 2), time_grid(1), method="dopri5")
+    assert 0.0 <= min(seen) and max(seen) <= 1.0
+
+
 def test_differentiable_unless_no_grad():
     a = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     x_0 = torch.ones(2, 1, dtype=torch.float64)

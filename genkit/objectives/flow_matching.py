@@ -9,6 +9,9 @@ minibatch OT, see :mod:`genkit.couplings`) or is given as :class:`Pairs` (reflow
 * :class:`LogitNormalTime` — ``t = sigmoid(N(mean, std^2))`` (Esser et al. 2024);
 * :class:`UShapedTime` — density ``∝ cosh(a (t - 1/2))`` on ``[0, 1]`` (Lee et al. 2024,
   "Improving the training of rectified flows"), more weight near both ends.
+
+All of them return times in ``[0, 1)``: a draw that rounds to 1 becomes the largest float below 1
+(at ``t = 1`` VP's ``d_sigma_t = -inf`` makes the loss infinite).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def flow_matching_loss(v: Tensor, dx_t: Tensor) -> Tensor:
 
 
 class TimeSampler(Protocol):
-    """Draws ``n`` training times in ``[0, 1]``: returns ``(n,)`` on ``device`` in ``dtype``."""
+    """Draws ``n`` training times in ``[0, 1)``: returns ``(n,)`` on ``device`` in ``dtype``."""
 
     def __call__(
         self, n: int, *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
@@ -71,7 +74,7 @@ class UniformTime:
     ) -> Tensor:
         """``(n,)`` times in ``[t_min, 1)``."""
         u = torch.rand((n,), generator=generator, device=device, dtype=dtype)
-        return self.t_min + (1.0 - self.t_min) * u
+        return _below_one(self.t_min + (1.0 - self.t_min) * u)  # rounds to 1 for t_min >= 0.5
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,9 @@ class LogitNormalTime:
     def __call__(
         self, n: int, *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
     ) -> Tensor:
-        """``(n,)`` times in ``[0, 1]`` (the open interval up to rounding)."""
+        """``(n,)`` times in ``[0, 1)`` (the open interval up to rounding)."""
         eps = torch.randn((n,), generator=generator, device=device, dtype=dtype)
-        return torch.sigmoid(self.mean + self.std * eps)
+        return _below_one(torch.sigmoid(self.mean + self.std * eps))  # float32 sigmoid is 1 above ~17
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,15 @@ class UShapedTime:
     def __call__(
         self, n: int, *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
     ) -> Tensor:
-        """``(n,)`` times in ``[0, 1]``."""
+        """``(n,)`` times in ``[0, 1)``."""
         u = torch.rand((n,), generator=generator, device=device, dtype=dtype)
         t = 0.5 + torch.asinh((2.0 * u - 1.0) * math.sinh(self.a / 2.0)) / self.a
-        return t.clamp(0.0, 1.0)  # rounding only
+        return _below_one(t.clamp(min=0.0))  # rounding only: u = 1 - 2^-24 gives 1 in float32
+
+
+def _below_one(t: Tensor) -> Tensor:
+    """``t`` with entries that rounded up to 1 set to the largest float below 1 (``1 - eps / 2``)."""
+    return t.clamp(max=1.0 - torch.finfo(t.dtype).eps / 2)
 
 
 TIME_SAMPLERS: dict[str, type] = {

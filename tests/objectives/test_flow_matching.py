@@ -17,7 +17,7 @@ from genkit.objectives.flow_matching import (
     UniformTime,
     UShapedTime,
 )
-from genkit.paths import AffinePath, LinearSchedule
+from genkit.paths import AffinePath, LinearSchedule, VPSchedule
 
 MU, SIGMA, D = 1.7, 0.4, 2
 NEED = frozenset({"model"})
@@ -243,7 +243,7 @@ def test_logit_normal_time_matches_closed_form_cdf(mean, std):
 @pytest.mark.parametrize("a", [4.0, 1.0])
 def test_u_shaped_time_matches_closed_form_cdf(a):
     t = _times(UShapedTime(a))
-    assert 0.0 <= t.min() and t.max() <= 1.0
+    assert 0.0 <= t.min() and t.max() < 1.0
     assert stats.kstest(t.numpy(), lambda u: _u_cdf(u, a)).statistic < KS_CRIT_1PCT
     # Symmetric about 1/2: mean 1/2 within 4 standard errors (std <= 1/2).
     assert abs(t.mean().item() - 0.5) < 4 * 0.5 / math.sqrt(N_TIMES)
@@ -281,3 +281,24 @@ def test_time_sampler_bad_input():
         LogitNormalTime(0.0, 0.0)
     with pytest.raises(GenkitError, match="a > 0"):
         UShapedTime(0.0)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [UShapedTime(), UniformTime(0.5), LogitNormalTime(20.0, 1.0)],
+    ids=["u_shaped", "uniform", "logit_normal"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_times_stay_below_one(monkeypatch, sampler, dtype):
+    # The largest torch.rand draw, 1 - 2^-24 in float32, mapped to t = 1.0 (u-shaped; uniform for
+    # t_min >= 0.5), as does a float32 sigmoid above ~17; VP's d_sigma_1 = -inf made the loss infinite.
+    def largest_rand(size, *, generator, device, dtype):
+        return torch.full(size, 1 - torch.finfo(dtype).eps / 2, device=device, dtype=dtype)
+
+    monkeypatch.setattr(torch, "rand", largest_rand)
+    t = sampler(4, generator=None, device=torch.device("cpu"), dtype=dtype)
+    assert t.dtype == dtype and (t < 1).all() and (t > 0.99).all()
+    if dtype == torch.float32:
+        objective = FlowMatching(AffinePath(VPSchedule()), time=sampler)
+        out = objective({"model": Fn(lambda x, t: torch.zeros_like(x))}, _data(4), need=NEED)
+        assert torch.isfinite(out.losses["model"])
