@@ -8,7 +8,7 @@ seeded, resumable stream of :class:`~genkit.couplings.Pairs`. A pairs folder hol
     pairs.json                  manifest: n, shape, shard_size, num_shards, method, steps,
                                 seed, dtype, teacher (written first)
     shard_00000.safetensors     x_0: (m, *shape), x_1: (m, *shape) in `dtype`;
-    shard_00001.safetensors     metadata: nfe, batch_size, device of the shard
+    shard_00001.safetensors     metadata: nfe, pair_nfe, batch_size, device, rank, seconds of the shard
     ...
 
 Every shard has ``shard_size`` pairs except the last (``n - (num_shards - 1) * shard_size``).
@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,8 +50,11 @@ _IDENTITY = ("n", "shape", "shard_size", "num_shards", "method", "steps", "seed"
 class PairsInfo:
     """What a complete pairs folder holds.
 
-    ``nfe`` is the total number of teacher evaluations over all batches of all shards
-    (read from the shards' metadata, so it counts the work of every run that wrote them).
+    ``nfe`` is the total number of teacher evaluations (calls on a batch) over all batches of
+    all shards, ``nfe_per_pair`` the mean number of evaluations along one pair's trajectory
+    (``4 * steps`` for rk4), and ``seconds`` the wall time spent simulating them. All are read
+    from the shards' metadata, so they count the work of every run that wrote them (shards
+    written before the time was recorded count 0 seconds).
     """
 
     path: str
@@ -64,6 +68,8 @@ class PairsInfo:
     dtype: str
     teacher: str
     nfe: int
+    nfe_per_pair: float = 0.0
+    seconds: float = 0.0
 
     def shard_len(self, k: int) -> int:
         """Number of pairs in shard ``k``."""
@@ -90,6 +96,9 @@ def generate_pairs(
     dtype: StoreDtype | torch.dtype = torch.float32,
     teacher: str = "",
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
 ) -> PairsInfo:
     """Write ``n`` pairs ``(x_0, x_1 = ODESolve(field, x_0))`` to ``out_dir`` in shards; resumable.
 
@@ -106,6 +115,12 @@ def generate_pairs(
     ones are generated (an interrupted run finishes; a finished run just returns its
     info). ``batch_size``, ``device`` and ``progress`` may change between calls.
 
+    Data parallel: every one of ``world_size`` processes calls it with the same arguments,
+    its ``rank`` and a ``barrier`` of the process group; rank 0 writes (or checks) the
+    manifest, then rank ``r`` simulates the missing shards ``k`` with ``k % world_size == r``
+    (on its own ``device``: the shards are the same as one process makes, given the same
+    device type and batch size), and all return once every shard is written.
+
     Args:
         field: the frozen teacher ``field(x: (B, *shape), t: (B,)) -> (B, *shape)``; an
             ``nn.Module`` must be in eval mode (dropout would make the pairs random).
@@ -114,6 +129,7 @@ def generate_pairs(
         seed: run seed; the noise of every shard derives from it.
         teacher: free text recorded in the manifest (e.g. the teacher checkpoint path).
         progress: show a tqdm bar over batches.
+        rank, world_size, barrier: this process among the ones that share the work.
 
     Returns:
         :class:`PairsInfo` of the complete folder (see :func:`check_pairs`).
@@ -132,6 +148,11 @@ def generate_pairs(
     _check_count("batch_size", batch_size, 1)
     _check_count("shard_size", shard_size, 1)
     _check_count("seed", seed, 0)
+    _check_count("world_size", world_size, 1)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise GenkitError(f"rank must be in [0, {world_size}), got {rank!r}")
+    if world_size > 1 and barrier is None:
+        raise GenkitError("generate_pairs over several processes needs their barrier")
     shape = tuple(shape)
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
         raise GenkitError(f"shape must be a non-empty tuple of positive ints like (3, 32, 32), got {shape!r}")
@@ -143,41 +164,53 @@ def generate_pairs(
     device = torch.device(device)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": FORMAT, "n": n, "shape": list(shape), "shard_size": shard_size,
         "num_shards": math.ceil(n / shard_size), "method": method, "steps": steps, "seed": seed,
         "dtype": dtype_name, "teacher": teacher,
     }
-    if (out / MANIFEST).exists():
-        old = _read_manifest(out)
-        diff = [f"{k}={old.get(k)!r} (not {manifest[k]!r})" for k in _IDENTITY if old.get(k) != manifest[k]]
-        if diff:
-            raise GenkitError(
-                f"pairs folder {out} holds pairs made with {', '.join(diff)}: "
-                "use another folder or repeat the arguments it was made with"
-            )
-    else:
-        write_json_atomic(out / MANIFEST, manifest)
-    for stale in out.glob(".shard_*.tmp-*"):  # left by a killed run
-        stale.unlink(missing_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / MANIFEST).exists():
+            _check_manifest(out, manifest)
+        else:
+            write_json_atomic(out / MANIFEST, manifest)
+        for stale in out.glob(".shard_*.tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+    if barrier is not None and world_size > 1:
+        barrier()  # the manifest is in place (and the folder clean) before any process writes a shard
+        _check_manifest(out, manifest)
 
     num_shards = manifest["num_shards"]
     lengths = [min(shard_size, n - k * shard_size) for k in range(num_shards)]
-    todo = [k for k in range(num_shards) if not (out / shard_name(k)).is_file()]
+    todo = [k for k in range(rank, num_shards, world_size) if not (out / shard_name(k)).is_file()]
     if todo:
         sampler = ODESampler(field, shape, method=method, steps=steps, device=device)
         total = sum(math.ceil(lengths[k] / batch_size) for k in todo)
         with tqdm(total=total, disable=not progress, unit="batch", desc="pairs") as bar:
             for k in todo:
                 bar.set_postfix_str(f"shard {k + 1}/{num_shards}")
-                _write_shard(out, k, lengths[k], sampler, seed, batch_size, _DTYPES[dtype_name], bar)
+                _write_shard(out, k, lengths[k], sampler, seed, batch_size, _DTYPES[dtype_name], bar, rank)
         _fsync(out)
+    if barrier is not None and world_size > 1:
+        barrier()  # every process's shards are written
     return check_pairs(out)
 
 
+def _check_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse a folder whose manifest was made with other arguments (one line naming them)."""
+    old = _read_manifest(out)
+    diff = [f"{k}={old.get(k)!r} (not {manifest[k]!r})" for k in _IDENTITY if old.get(k) != manifest[k]]
+    if diff:
+        raise GenkitError(
+            f"pairs folder {out} holds pairs made with {', '.join(diff)}: "
+            "use another folder or repeat the arguments it was made with"
+        )
+
+
 def _write_shard(
-    out: Path, k: int, length: int, sampler: Any, seed: int, batch_size: int, dtype: torch.dtype, bar: Any
+    out: Path, k: int, length: int, sampler: Any, seed: int, batch_size: int, dtype: torch.dtype, bar: Any,
+    rank: int = 0,
 ) -> None:
     """Generate shard ``k`` (``length`` pairs) batch by batch into host buffers, then write it atomically."""
     from safetensors.torch import save_file
@@ -186,9 +219,10 @@ def _write_shard(
 
     shape = sampler.shape
     generator = torch.Generator(device=sampler.device).manual_seed(derive_seed(seed, "pairs", k))
+    start_time = time.perf_counter()
     x_0_all = torch.empty((length, *shape), dtype=dtype)
     x_1_all = torch.empty((length, *shape), dtype=dtype)
-    nfe = 0
+    nfe = pair_nfe = 0  # evaluations on batches; evaluations summed over the pairs
     for start in range(0, length, batch_size):
         size = min(batch_size, length - start)
         x_0 = torch.randn((size, *shape), generator=generator, device=sampler.device)
@@ -202,12 +236,13 @@ def _write_shard(
         x_0_all[start : start + size] = x_0.to("cpu", dtype)
         x_1_all[start : start + size] = x_1.to("cpu", dtype)
         nfe += traj.nfe
+        pair_nfe += traj.nfe * size
         bar.update(1)
     final = out / shard_name(k)
     tmp = out / f".{final.name}.tmp-{os.getpid()}"
     metadata = {
-        "format": FORMAT, "shard": str(k), "nfe": str(nfe), "batch_size": str(batch_size),
-        "device": sampler.device.type,
+        "format": FORMAT, "shard": str(k), "nfe": str(nfe), "pair_nfe": str(pair_nfe), "batch_size": str(batch_size),
+        "device": sampler.device.type, "rank": str(rank), "seconds": f"{time.perf_counter() - start_time:.3f}",
     }
     save_file({"x_0": x_0_all, "x_1": x_1_all}, str(tmp), metadata=metadata)
     _fsync(tmp)
@@ -236,7 +271,7 @@ def check_pairs(path: str | Path) -> PairsInfo:
         )
     shape = tuple(manifest["shape"])
     shard_size, n = manifest["shard_size"], manifest["n"]
-    nfe = 0
+    nfe, pair_nfe, seconds = 0, 0, 0.0
     for k in range(num_shards):
         file = out / shard_name(k)
         want = [min(shard_size, n - k * shard_size), *shape]
@@ -254,10 +289,16 @@ def check_pairs(path: str | Path) -> PairsInfo:
                     "delete the shard and run the same command again"
                 )
         nfe += int(meta.get("nfe", 0))
+        if "pair_nfe" in meta:
+            pair_nfe += int(meta["pair_nfe"])
+        else:  # (a shard written before it was recorded: exact for fixed-step methods)
+            batches = math.ceil(want[0] / int(meta.get("batch_size", want[0])))
+            pair_nfe += round(int(meta.get("nfe", 0)) * want[0] / batches)
+        seconds += float(meta.get("seconds", 0.0))
     return PairsInfo(
         path=str(out), n=n, shape=shape, shard_size=shard_size, num_shards=num_shards,
         method=manifest["method"], steps=manifest["steps"], seed=manifest["seed"],
-        dtype=manifest["dtype"], teacher=manifest["teacher"], nfe=nfe,
+        dtype=manifest["dtype"], teacher=manifest["teacher"], nfe=nfe, nfe_per_pair=pair_nfe / n, seconds=round(seconds, 3),
     )
 
 

@@ -59,11 +59,14 @@ def read_folder(folder):
 
 
 def assert_same_folder(a, b):
+    """Same files, bit for bit, except the wall time and the rank of the process each shard records."""
     a, b = read_folder(a), read_folder(b)
     assert a.keys() == b.keys()
     for name in a:
         if name.endswith(".safetensors"):
             (ta, ma), (tb, mb) = a[name], b[name]
+            assert float(ma.pop("seconds")) >= 0 and float(mb.pop("seconds")) >= 0
+            ma.pop("rank"), mb.pop("rank")
             assert ma == mb and ta.keys() == tb.keys()
             assert all(torch.equal(ta[k], tb[k]) for k in ta), name  # bit for bit
         else:
@@ -74,6 +77,8 @@ def test_pairs_follow_the_closed_form_map_and_count_nfe(tmp_path):
     info = generate_pairs(straight_gaussian, tmp_path, **ARGS)
     assert (info.n, info.shape, info.num_shards, info.shard_size) == (50, SHAPE, 3, 20)
     assert info.nfe == NFE_PER_BATCH * sum(BATCHES)
+    assert info.nfe_per_pair == NFE_PER_BATCH  # every pair's trajectory took 4 x 5 evaluations
+    seconds = []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.json", *(shard_name(k) for k in range(3))]
     manifest = json.loads((tmp_path / "pairs.json").read_text())
     assert {k: manifest[k] for k in ("n", "shape", "shard_size", "num_shards", "method", "steps", "seed", "dtype")} == {
@@ -88,10 +93,12 @@ def test_pairs_follow_the_closed_form_map_and_count_nfe(tmp_path):
         torch.testing.assert_close(shard["x_1"], MU + SIGMA * shard["x_0"], atol=1e-5, rtol=0)
         with safe_open(str(tmp_path / shard_name(k)), framework="pt") as f:
             assert int(f.metadata()["nfe"]) == NFE_PER_BATCH * BATCHES[k]
+            seconds.append(float(f.metadata()["seconds"]))
         # each shard's noise is reproducible on its own from derive_seed(seed, "pairs", k)
         g = torch.Generator().manual_seed(derive_seed(3, "pairs", k))
         noise = torch.cat([torch.randn((m, *SHAPE), generator=g) for m in ((8, 8, 4), (8, 8, 4), (8, 2))[k]])
         assert torch.equal(shard["x_0"], noise)
+    assert all(s > 0 for s in seconds) and info.seconds == pytest.approx(sum(seconds), abs=2e-3)
     assert check_pairs(tmp_path) == info
 
 
@@ -116,7 +123,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     teacher = Counting()
     info = generate_pairs(teacher, part, **ARGS)
     assert teacher.calls == NFE_PER_BATCH * (BATCHES[1] + BATCHES[2])  # only the missing shards
-    assert info.nfe == NFE_PER_BATCH * sum(BATCHES)
+    assert info.nfe == NFE_PER_BATCH * sum(BATCHES) and info.nfe_per_pair == NFE_PER_BATCH  # both runs' work
     assert_same_folder(part, full)
 
 
@@ -234,3 +241,51 @@ def test_stream_refuses_bad_input(pairs_dir, tmp_path):
     shutil.copy(pairs_dir / "pairs.json", part / "pairs.json")
     with pytest.raises(GenkitError, match="has 0 of 3 shards"):
         PairStream(part, 2, seed=0)
+
+
+def test_nfe_per_pair_of_shards_written_before_it_was_recorded(tmp_path):
+    """Older shards lack ``pair_nfe`` and ``seconds``: the per-pair NFE comes from nfe and batch_size."""
+    generate_pairs(straight_gaussian, tmp_path, **ARGS)
+    for k in range(3):
+        file = str(tmp_path / shard_name(k))
+        with safe_open(file, framework="pt") as f:
+            meta = {key: v for key, v in f.metadata().items() if key not in ("pair_nfe", "seconds")}
+        save_file(load_file(file), file, metadata=meta)
+    info = check_pairs(tmp_path)
+    assert info.nfe == NFE_PER_BATCH * sum(BATCHES) and info.nfe_per_pair == NFE_PER_BATCH and info.seconds == 0
+
+
+def test_processes_share_the_shards_and_make_the_same_folder(tmp_path):
+    """Two workers (threads here, processes under torchrun) with a shared barrier: worker r writes shards
+    k = r mod 2 for two workers, and the folder equals the one a single process writes."""
+    import threading
+
+    single, shared = tmp_path / "single", tmp_path / "shared"
+    generate_pairs(straight_gaussian, single, **ARGS)
+    barrier = threading.Barrier(2)
+    infos, errors = [None, None], []
+
+    def worker(rank):
+        try:
+            infos[rank] = generate_pairs(straight_gaussian, shared, **ARGS, rank=rank, world_size=2, barrier=barrier.wait)
+        except BaseException as e:  # (reported below; a thread's exception would be lost)
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert infos[0] == infos[1] and infos[0].nfe == NFE_PER_BATCH * sum(BATCHES)
+    ranks = []
+    for k in range(3):
+        with safe_open(str(shared / shard_name(k)), framework="pt") as f:
+            ranks.append(f.metadata()["rank"])
+    assert ranks == ["0", "1", "0"]
+    assert_same_folder(shared, single)
+    with pytest.raises(GenkitError, match="barrier"):
+        generate_pairs(straight_gaussian, shared, **ARGS, rank=1, world_size=2)
+    with pytest.raises(GenkitError, match="rank"):
+        generate_pairs(straight_gaussian, shared, **ARGS, rank=2, world_size=2, barrier=lambda: None)

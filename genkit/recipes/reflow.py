@@ -7,19 +7,24 @@
     torchrun --nproc_per_node=2 -m genkit.recipes.reflow --preset toy   # data parallel, same command
 
 Stages (SPEC section 2): ``rf`` trains a flow from N(0, I) to the data; ``reflow`` simulates
-pairs (Z_0, Z_1) with the teacher run's EMA flow, streams them to ``<out>/pairs`` (resumable)
-and retrains on them, warm-started from the teacher; ``distill`` trains a one-step (or
-``--distill.steps k``) student on the teacher's pairs. Every stage writes its own run folder:
+pairs (Z_0, Z_1) with the teacher run's EMA flow, streams them to ``<out>/pairs`` (resumable;
+under torchrun each rank simulates its share of the shards) and retrains on them, warm-started
+from the teacher's EMA weights; ``distill`` trains a one-step (or ``--distill.steps k``) student
+on the teacher's pairs. The teacher is the latest checkpoint of
+a finished run (one with eval.json) unless ``--teacher-step N`` picks a checkpoint; a stage
+that resumes keeps the teacher step it started from. Every stage writes its own run folder:
 config.json (with the teacher it points at), metrics.jsonl, checkpoints/, samples/ (plots or
-image grids at several NFE), eval.json (straightness, NFE, and on 2-D data the energy distance
-to held-out data next to the data-vs-data floor). The same command with the same ``--out``
-resumes.
+image grids at several NFE), eval.json (straightness, NFE, the pairs' count, NFE and time, and
+on 2-D data the energy distance to held-out data next to the data-vs-data floor). The same
+command with the same ``--out`` resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,6 +141,9 @@ class ReflowConfig:
     stage: Literal["rf", "reflow", "distill"] = "rf"
     teacher: Path | None = None
     """run folder of the previous stage (stages reflow and distill)"""
+    teacher_step: int | None = None
+    """the teacher's checkpoint step (default: the one this --out was started from, else the latest of a
+    finished teacher)"""
     seed: int = 0
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
@@ -153,6 +161,7 @@ class ReflowConfig:
 
 # ---- building blocks ------------------------------------------------------------------------------
 def check_config(cfg: ReflowConfig) -> None:
+    """Every check that needs no file: bad options fail before any pair is simulated or step trained."""
     known = sorted(TOY_DATASETS) + list(IMAGE_SETS)
     if cfg.data.dataset not in known:
         raise GenkitError(f"unknown dataset '{cfg.data.dataset}' (known: {', '.join(known)})")
@@ -160,8 +169,32 @@ def check_config(cfg: ReflowConfig) -> None:
         raise GenkitError(f"unknown schedule '{cfg.flow.schedule}' (known: {', '.join(SCHEDULES)})")
     if cfg.flow.time not in TIME_SAMPLERS:
         raise GenkitError(f"unknown time sampler '{cfg.flow.time}' (known: {', '.join(TIME_SAMPLERS)})")
+    if cfg.stage == "rf" and (cfg.teacher is not None or cfg.teacher_step is not None):
+        raise GenkitError("--teacher and --teacher-step are for --stage reflow or distill: add the --stage, "
+                          "or leave them out to train a 1-rectified flow")
     if cfg.stage != "rf" and cfg.teacher is None:
         raise GenkitError(f"stage '{cfg.stage}' needs --teacher RUN_DIR (the run folder of the previous stage)")
+    if cfg.teacher is not None and cfg.out.resolve() == cfg.teacher.resolve():
+        raise GenkitError(f"--out {cfg.out} is the teacher's run folder: give this stage a folder of its own")
+    s, p = cfg.sample, cfg.pairs
+    counts = [("--sample.steps", s.steps, 1), ("--sample.n-eval", s.n_eval, 1), ("--sample.n-snapshot", s.n_snapshot, 1),
+              ("--sample.n-straightness", s.n_straightness, 1), ("--pairs.n", p.n, 1), ("--pairs.steps", p.steps, 1),
+              ("--pairs.batch-size", p.batch_size, 1), ("--pairs.shard-size", p.shard_size, 1),
+              ("--distill.steps", cfg.distill.steps, 1)]
+    if cfg.teacher_step is not None:
+        counts.append(("--teacher-step", cfg.teacher_step, 0))
+    for flag, value, least in counts:
+        if value < least:
+            raise GenkitError(f"{flag} must be >= {least}, got {value}")
+    if not s.nfe or min(s.nfe) < 1:
+        raise GenkitError(f"--sample.nfe needs one or more Euler step counts >= 1, got {list(s.nfe)}")
+    o = cfg.optim
+    if not (math.isfinite(o.lr) and o.lr >= 0):
+        raise GenkitError(f"--optim.lr must be a number >= 0, got {o.lr}")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        raise GenkitError(f"--optim.weight-decay must be a number >= 0, got {o.weight_decay}")
+    if not all(0 <= b < 1 for b in o.betas):
+        raise GenkitError(f"--optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
 
 
 def load_train_images(cfg: ReflowConfig) -> torch.Tensor:
@@ -231,12 +264,74 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bo
     return LoadedRun(net, run.config, run.shape, run.step)
 
 
+def _read_json(file: Path) -> dict:
+    """A JSON object file's content; ``{}`` if it is missing or not a JSON object."""
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def teacher_identity(teacher: str | Path, step: int) -> str:
+    """How a stage's pairs name their teacher (pairs.json's ``teacher``): its absolute run folder and step."""
+    return f"{Path(teacher).resolve()} (step {step}, EMA)"
+
+
+def recorded_teacher(out: Path) -> tuple[Path, int] | None:
+    """The teacher (absolute run folder, checkpoint step) a stage's run folder ``out`` was started from:
+    from its config.json, else from its pairs' manifest (pairs are made before config.json is written);
+    ``None`` for a new folder."""
+    from genkit.pairs import MANIFEST
+
+    card = _read_json(out / "config.json")
+    if card.get("teacher") and isinstance(card.get("teacher_checkpoint_step"), int):
+        return Path(card["teacher"]).resolve(), card["teacher_checkpoint_step"]
+    found = re.fullmatch(r"(.*) \(step (\d+), EMA\)", str(_read_json(out / "pairs" / MANIFEST).get("teacher", "")))
+    return (Path(found[1]).resolve(), int(found[2])) if found else None
+
+
+def chosen_teacher_step(cfg: ReflowConfig) -> int | None:
+    """The teacher checkpoint a stage uses: ``--teacher-step``, else the step its ``--out`` was started from
+    (so that a resumed stage keeps its pairs when the teacher has trained on), else ``None`` (the latest)."""
+    assert cfg.teacher is not None
+    recorded = recorded_teacher(cfg.out)
+    if recorded is None:
+        return cfg.teacher_step
+    path, step = recorded
+    if path != cfg.teacher.resolve():
+        raise GenkitError(f"{cfg.out} was made from teacher {path}, not {cfg.teacher.resolve()}: pass --teacher {path}, "
+                          "or use another --out")
+    if cfg.teacher_step is not None and cfg.teacher_step != step:
+        raise GenkitError(f"{cfg.out} was made from teacher step {step}, not {cfg.teacher_step}: leave out --teacher-step "
+                          "(or pass that step), or use another --out")
+    return step
+
+
 def load_teacher(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device) -> LoadedRun:
-    teacher = load_run(cfg.teacher, device=device)
-    if teacher.config.data.dataset != cfg.data.dataset or teacher.shape != shape:
+    """The teacher run's EMA flow at :func:`chosen_teacher_step`; refuses a distilled student, an unfinished
+    teacher (unless a step is chosen) and a teacher of other data."""
+    assert cfg.teacher is not None
+    step = chosen_teacher_step(cfg)
+    teacher = load_run(cfg.teacher, device=device, step=step)
+    if teacher.config.stage == "distill":
+        raise GenkitError(f"teacher {cfg.teacher} is a distilled student (stage distill): use an rf or reflow run "
+                          "as the teacher")
+    if step is None:  # the latest checkpoint: only of a finished run (a time-limited one writes eval.json too)
+        evaluated = _read_json(cfg.teacher / "eval.json").get("step")
+        if evaluated != teacher.step:
+            state = "no eval.json" if evaluated is None else f"its eval.json is of step {evaluated}"
+            raise GenkitError(f"teacher {cfg.teacher} has not finished training (latest checkpoint step {teacher.step}, "
+                              f"{state}): run its command again to finish it, or pick a checkpoint with --teacher-step")
+    theirs, mine = teacher.config.data, cfg.data
+    other_root = theirs.dataset == "imagefolder" and theirs.root.resolve() != mine.root.resolve()
+    if theirs.dataset != mine.dataset or teacher.shape != shape or other_root:
+        def name(d: DataConfig) -> str:
+            return f"{d.dataset} at {d.root}" if other_root else d.dataset
+
         raise GenkitError(
-            f"teacher {cfg.teacher} was trained on {teacher.config.data.dataset} {list(teacher.shape)}, not "
-            f"{cfg.data.dataset} {list(shape)}: use a teacher of the same dataset"
+            f"teacher {cfg.teacher} was trained on {name(theirs)} {list(teacher.shape)}, not {name(mine)} "
+            f"{list(shape)}: use a teacher of the same dataset"
         )
     return teacher
 
@@ -276,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> int:
     from genkit.recipes import reflow_eval
 
+    if cfg.teacher is not None:  # config.json points at the teacher wherever the next command runs from
+        cfg = dataclasses.replace(cfg, teacher=cfg.teacher.resolve())
+    objective = build_objective(cfg)  # (its errors come before any pair is simulated)
     micro = cfg.train.micro_batch_size(info.world_size)
     images = None if cfg.data.dataset in TOY_DATASETS else load_train_images(cfg)
     shape = (2,) if images is None else tuple(images.shape[1:])
@@ -292,16 +390,20 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
         teacher = load_teacher(cfg, shape, device)
         card["teacher_checkpoint_step"] = teacher.step
         pairs_dir = cfg.out / "pairs"
-        if info.is_main:
-            reflow_eval.make_pairs(teacher, cfg, pairs_dir, device)
-        distributed.barrier(info)
+        try:  # every rank simulates its share of the shards
+            reflow_eval.make_pairs(teacher, cfg, pairs_dir, device, info)
+        except KeyboardInterrupt:  # (the Trainer's Ctrl-C handling starts with fit)
+            if info.is_main:
+                print(f"stopped while simulating the teacher's pairs; complete shards are kept in {pairs_dir}. "
+                      "Run the same command to resume.", file=sys.stderr)
+            return 130  # the exit status of a stop, as report_stop's
         if ckpt.latest_checkpoint(cfg.out / "checkpoints") is None:
             warm_start(net, teacher)
         del teacher
         data = PairStream(pairs_dir, micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size, device=device)
     opt = adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     trainer = Trainer(
-        {"model": net}, {"model": opt}, build_objective(cfg), data, cfg.train,
+        {"model": net}, {"model": opt}, objective, data, cfg.train,
         run_dir=cfg.out, recipe=RECIPE, run_config=card, seed=cfg.seed, dist=info,
         snapshot=reflow_eval.snapshot_fn(cfg, shape, device),
     )
@@ -310,6 +412,8 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
         return report_stop(result, info)
     if info.is_main:
         metrics = reflow_eval.evaluate(trainer.ema["model"].module, cfg, shape, device, result.step)
+        if cfg.stage != "rf":
+            metrics |= reflow_eval.pairs_metrics(data.info)
         update_eval(cfg.out, metrics | result.eval_fields())
         print(f"done: step {result.step}; {reflow_eval.summary(metrics)}; results in {cfg.out}")
     distributed.barrier(info)

@@ -11,10 +11,12 @@ from torch import nn
 from genkit.data.toy import TOY_DATASETS, sample_toy
 from genkit.eval.distances import energy_distance
 from genkit.eval.straightness import straightness
-from genkit.recipes.reflow import LoadedRun, ReflowConfig, main_sampler_steps, make_sampler
+from genkit.recipes.reflow import LoadedRun, ReflowConfig, main_sampler_steps, make_sampler, teacher_identity
 from genkit.precision import autocast_field
 from genkit.sampling import compile_for_sampling
 from genkit.seeding import derive_seed
+from genkit.train import distributed
+from genkit.train.distributed import DistInfo
 
 GRID = 64  # images per sample grid
 
@@ -24,11 +26,13 @@ def _noise(n: int, shape: tuple[int, ...], seed: int, purpose: str, device: torc
     return torch.randn((n, *shape), generator=gen, device=device)
 
 
-def make_pairs(teacher: LoadedRun, cfg: ReflowConfig, out: Path, device: torch.device):
+def make_pairs(teacher: LoadedRun, cfg: ReflowConfig, out: Path, device: torch.device,
+               info: DistInfo = DistInfo()):
     """Simulate (or finish simulating) the teacher's pairs into ``out``; returns ``PairsInfo``.
 
-    The teacher runs compiled on CUDA unless ``--pairs.no-compile`` (see
-    :func:`genkit.sampling.compile_for_sampling`), in bf16 unless the precision is fp32.
+    Called on every rank: rank ``r`` of ``info.world_size`` simulates the shards ``k`` with
+    ``k % world_size == r``. The teacher runs compiled on CUDA unless ``--pairs.no-compile``
+    (see :func:`genkit.sampling.compile_for_sampling`), in bf16 unless the precision is fp32.
     """
     from genkit.pairs import generate_pairs
 
@@ -37,9 +41,17 @@ def make_pairs(teacher: LoadedRun, cfg: ReflowConfig, out: Path, device: torch.d
     return generate_pairs(
         autocast_field(teacher_net, device, cfg.train.precision), out, n=p.n, shape=teacher.shape, seed=cfg.seed,
         method=p.method, steps=p.steps, batch_size=p.batch_size, shard_size=p.shard_size, device=device,
-        dtype=getattr(torch, p.dtype), teacher=f"{cfg.teacher} (step {teacher.step}, EMA)",
-        progress=cfg.train.progress,
+        dtype=getattr(torch, p.dtype), teacher=teacher_identity(cfg.teacher, teacher.step),
+        progress=cfg.train.progress and info.is_main, rank=info.rank, world_size=info.world_size,
+        barrier=lambda: distributed.barrier(info),
     )
+
+
+def pairs_metrics(info) -> dict:
+    """What eval.json records about a stage's teacher pairs (a ``genkit.pairs.PairsInfo``): their number,
+    the teacher's NFE in total and per pair, the solver, and the wall time of every process that made them."""
+    return {"pairs_n": info.n, "pairs_nfe": info.nfe, "pairs_nfe_per_pair": info.nfe_per_pair,
+            "pairs_method": info.method, "pairs_steps": info.steps, "pairs_seconds": info.seconds}
 
 
 def snapshot_fn(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device):
@@ -113,4 +125,7 @@ def summary(metrics: Mapping[str, object]) -> str:
     parts = [f"straightness {metrics['straightness']:.4g}"]
     if "energy_distance" in metrics:
         parts.append(f"energy distance {metrics['energy_distance']:.5f} (data floor {metrics['energy_distance_data_floor']:.5f})")
+    if "pairs_n" in metrics:
+        parts.append(f"{metrics['pairs_n']} teacher pairs at {metrics['pairs_nfe_per_pair']:g} NFE each "
+                     f"({metrics['pairs_seconds']:.1f} s)")
     return ", ".join(parts)
