@@ -57,8 +57,9 @@ class FIDCurve:
     """FID of a run's checkpoints under one setting: the run folder's ``fid_curve.json``.
 
     ``settings``: ``metric`` (``fid_inception`` or ``fid_classifier``), ``extractor``, ``ref``, ``n``,
-    ``n_ref``, ``solver``, ``nfe`` (None for one-shot generators), ``weights``, ``seed``: what eval.json
-    records with one FID. ``points``: one per checkpoint, by increasing ``step``.
+    ``n_ref``, ``ref_subset`` (which reference images), ``solver``, ``nfe`` (network evaluations per
+    sample of a fixed-step solver; ``"adaptive"`` for dopri5, with its ``atol`` and ``rtol``; None for
+    one-shot generators), ``weights``, ``precision``, ``seed``: what eval.json records with one FID. ``points``: one per checkpoint, by increasing ``step``.
     """
 
     settings: dict[str, str | int | None]
@@ -208,14 +209,18 @@ class Comparison:
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
-COMPARABLE = ("metric", "extractor", "ref", "n")
-"""settings that must agree for FIDs to be compared (solver, NFE, weights and seed may differ)"""
+COMPARABLE = ("metric", "extractor", "ref", "n", "ref_subset")
+"""settings that must agree for FIDs to be compared (solver, NFE, weights and seed may differ); ``ref_subset``
+is absent (None) from curves made before reference subsets were seeded random ones, which used the first N"""
 
 
 def _sampling(settings: Mapping[str, Any]) -> str:
-    """How a flow's curve drew its samples, ``", euler 100 NFE"`` (one-shot generators: nothing to say)."""
+    """How a flow's curve drew its samples, ``", euler 100 NFE"`` or ``", dopri5 (adaptive)"`` (one-shot
+    generators: nothing to say)."""
     nfe = settings.get("nfe")
-    return "" if nfe is None else f", {settings.get('solver')} {nfe} NFE"
+    if nfe is None:
+        return ""
+    return f", {settings.get('solver')} ({nfe})" if isinstance(nfe, str) else f", {settings.get('solver')} {nfe} NFE"
 
 
 def _seconds(s: float | None) -> str:

@@ -60,7 +60,8 @@ class Density(Protocol):
 
     ``is_bound`` is True when ``log_prob`` estimates a lower bound of ``log p(x)`` (IWAE),
     False when it is ``log p(x)`` itself or an unbiased estimate of it (flows). Stochastic
-    estimators draw from ``generator``.
+    estimators draw from ``generator``. An unbiased but noisy estimate is no bound: a log-mean-exp
+    of several of them (``genkit.eval.nll.image_nll`` with ``k > 1``) is biased upward.
     """
 
     is_bound: bool
@@ -81,7 +82,10 @@ class FlowDensity:
 
     With ``divergence="exact"`` the result is ``log p(x)`` up to solver error; with
     ``"hutchinson"`` it is an unbiased estimate of ``log p(x)`` (in expectation over the probes)
-    and neither a bound nor exact, hence ``is_bound = False`` either way.
+    and neither a bound nor exact, hence ``is_bound = False`` either way. Unbiased holds for
+    ``log p`` itself, not for nonlinear functions of it: the log-mean-exp over ``K`` dequantization
+    draws that :func:`genkit.eval.nll.image_nll` takes with ``k > 1`` is biased towards higher
+    likelihood by the probe noise (fewer bits/dim than the exact divergence; more probes shrink it).
 
     Args:
         field: velocity ``field(x: (B, *shape), t: (B,)) -> (B, *shape)``.

@@ -1,7 +1,7 @@
 """Feature extractors for Fréchet distances: uint8 images in, ``(B, dim)`` float features out.
 
 * :class:`InceptionFeatures` — the standard FID network: Inception-v3 pool3 (2048-d) of
-  TTUR / pytorch-fid, as packaged by torch-fidelity (TF-compatible bilinear resize to 299).
+  TTUR, as packaged by torch-fidelity (TF-compatible bilinear resize to 299).
 * :class:`ClassifierFeatures` — the penultimate layer of a classifier trained with
   ``python -m genkit.recipes.classifier`` (FID-C, a cheap in-domain metric for MNIST-like sets).
 
@@ -83,13 +83,37 @@ def inception_weights_path(weights: str | Path | None = None) -> Path:
     return path
 
 
+def _inception_name(path: Path) -> str:
+    """``"inception-v3"`` if ``path`` holds torch-fidelity's published weights (its SHA-256 starts with the
+    hash in the published file name, as torch.hub checks), else ``"inception-v3@<first 10 hex digits>"``."""
+    import hashlib
+    import re
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    published = re.search(r"-([a-f0-9]{8,})\.", _inception_source()[1])
+    if published is not None and digest.startswith(published.group(1)):
+        return InceptionFeatures.name
+    return f"{InceptionFeatures.name}@{digest[:10]}"
+
+
 class InceptionFeatures:
     """Inception-v3 pool3 features (2048-d) for the standard FID, via torch-fidelity.
 
     Takes uint8 ``(B, C, H, W)`` images of any size, C = 3 or 1 (grayscale is repeated to
     RGB); returns ``(B, 2048)`` float32 on ``device``. torch-fidelity resizes to 299x299
-    with TF1-compatible bilinear interpolation, so the features (and FIDs) match TTUR /
-    pytorch-fid's reference statistics.
+    with TF1-compatible bilinear interpolation, so the features (and FIDs) match TTUR's
+    TensorFlow reference statistics. pytorch-fid's own ``.npz`` files load here (same keys)
+    but were made with a different (PyTorch) resize: FIDs against them are only approximately
+    comparable.
+
+    ``name`` is ``"inception-v3"`` for torch-fidelity's published weights (the hub cache file, or
+    a ``weights`` file whose SHA-256 starts with the published file's hash); other weights are
+    ``"inception-v3@<digest>"`` (the first 10 hex digits of the file's SHA-256), so results say
+    which network measured them and cached reference statistics of other weights are never reused.
 
     Args:
         weights: the ``.pth`` state dict; ``None``: torch-fidelity's file in the torch hub
@@ -102,6 +126,8 @@ class InceptionFeatures:
 
     def __init__(self, weights: str | Path | None = None, *, device: str | torch.device = "cpu") -> None:
         path = inception_weights_path(weights)
+        if weights is not None:
+            self.name = _inception_name(path)
         try:  # a tensors-only check first: torch-fidelity itself loads with weights_only=False
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

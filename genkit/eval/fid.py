@@ -136,16 +136,25 @@ def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> Path:
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(mu: (D,), sigma: (D, D))`` float64 from a pytorch-fid ``.npz`` (never unpickles)."""
+    """``(mu: (D,), sigma: (D, D))`` float64 from a pytorch-fid ``.npz`` (never unpickles).
+
+    An unreadable file (missing, truncated, corrupt, other keys) is a one-line error naming it; a cached
+    file is recomputed once deleted.
+    """
+    import zipfile
+    import zlib
+
     try:
         with np.load(Path(path), allow_pickle=False) as f:
             missing = [k for k in ("mu", "sigma") if k not in f.files]
             if missing:
                 raise GenkitError(f"{path} has keys {sorted(f.files)}, lacks {missing}: not a FID statistics file")
             mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GenkitError(f"cannot read FID statistics {path} ({first}); expected a .npz with keys mu, sigma") from None
+        raise GenkitError(f"cannot read FID statistics {path} ({type(e).__name__}: {first}); expected a .npz with "
+                          "keys mu, sigma: if it is a cached file (truncated by an interrupted write, say), delete it "
+                          "and it is recomputed") from None
     _check_pair(mu, sigma, f" in {path}")
     return mu, sigma
 
@@ -331,31 +340,47 @@ def image_stats(images: Tensor, extractor: FeatureExtractor, *, batch_size: int)
 
 
 # ---- command line: python -m genkit.eval.fid --run DIR -------------------------------------------
+EVALUATIONS_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
+"""Network evaluations per step of each fixed-step solver (torchdiffeq's; ``Trajectory.nfe`` counts them)."""
+DEFAULT_NFE = 100
+"""``--nfe`` of a fixed-step solver when none is given."""
+
+
 @dataclass(frozen=True)
 class FIDConfig:
-    """FID of a run's samples against a data split; merged into the run's eval.json.
+    """FID of a run's samples against a data split; recorded in the run's eval.json.
 
-    Every result records how it was made: extractor, reference split, N, solver, NFE, EMA or raw
-    weights, the sampling precision, seed. ``--features classifier`` (FID-C) uses a genkit classifier's penultimate
-    features: an offline proxy that is NOT comparable to published Inception FID.
+    Every result records how it was made: extractor, reference split and which images of it, N, solver,
+    NFE (network evaluations per sample, counted), EMA or raw weights, the sampling precision, seed and the
+    checkpoint step; a new FID evaluation replaces all ``fid_<features>_*`` entries of the previous one.
+    ``--features classifier`` (FID-C) uses a genkit classifier's penultimate features: an offline proxy
+    that is NOT comparable to published Inception FID.
+
+    Reference statistics are cached as ``.npz`` files named by data set, split, subset, extractor (with a
+    digest of its weights) and, for an ImageFolder, a digest of its resolved root. The default cache
+    folder is ``<root>/fid_stats`` for torchvision data sets, and a sibling ``<root>-fid_stats`` of an
+    ImageFolder root, never inside the image tree (a folder there would be read as a class of images).
     """
 
     run: Path
     """run folder (a recipe's --out)"""
     n: int = 10_000
-    """samples (and at most this many reference images)"""
+    """samples, and reference images: the whole split if it holds no more, else a fixed seeded random
+    subset of it (the same in every evaluation; the first N of a folder sorted by class would be a few classes)"""
     ref: Literal["train", "test"] = "test"
     """reference split of the run's data set"""
     features: Literal["inception", "classifier"] = "inception"
     classifier: Path | None = None
     """classifier run folder (python -m genkit.recipes.classifier) for --features classifier"""
     inception_weights: Path | None = None
-    """the FID Inception weights file (default: the torch hub cache)"""
+    """the FID Inception weights file for --features inception (default: the torch hub cache)"""
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
-    nfe: tuple[int, ...] = (100,)
-    """solver steps to evaluate (several: also writes fid_<features>_vs_nfe.png); ignored by one-shot samplers"""
+    nfe: tuple[int, ...] | None = None
+    """network evaluations per sample of a fixed-step solver (default 100; steps = NFE / evaluations per
+    step: euler 1, midpoint 2, rk4 4); several: also writes fid_<features>_vs_nfe.png. Not for dopri5,
+    which chooses its own steps (its measured mean NFE is recorded), nor for one-shot generators"""
     floor: bool = False
-    """also report FID of the train split against the reference split (the data floor)"""
+    """also report FID of the train split against the reference split (the data floor; needs --ref test)"""
     batch_size: int = 500
     weights: Literal["ema", "raw"] = "ema"
     precision: Precision = "auto"
@@ -366,10 +391,35 @@ class FIDConfig:
     seed: int = 0
     device: str = "auto"
     stats_dir: Path | None = None
-    """where reference statistics are cached as .npz (default: <data root>/fid_stats)"""
+    """where reference statistics are cached as .npz (default: <root>/fid_stats; an ImageFolder's: <root>-fid_stats)"""
     checkpoints: Literal["latest", "all", "missing"] | tuple[int, ...] = "latest"
     """latest; or a FID curve over checkpoints (fid_curve.json, fid_curve.png): all, those fid_curve.json
     lacks (missing), or these Trainer steps. A curve takes one --nfe; eval.json gets the latest's numbers"""
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise GenkitError(f"--n must be >= 2 (a covariance needs two samples), got {self.n}")
+        if self.batch_size < 1:
+            raise GenkitError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.features == "inception" and self.classifier is not None:
+            raise GenkitError("--classifier is for --features classifier: add that, or drop --classifier")
+        if self.features == "classifier" and self.inception_weights is not None:
+            raise GenkitError("--inception-weights is for --features inception: drop it with --features classifier")
+        if self.floor and self.ref == "train":
+            raise GenkitError("--floor compares the train split with the reference split: use it with --ref test")
+        if self.nfe is not None:
+            if self.solver not in EVALUATIONS_PER_STEP:
+                raise GenkitError(f"{self.solver} chooses its own steps (its mean NFE is measured and recorded): "
+                                  "drop --nfe, or pick a fixed-step --solver (euler, midpoint, rk4)")
+            per_step = EVALUATIONS_PER_STEP[self.solver]
+            bad = [k for k in self.nfe if k < 1 or k % per_step]
+            if not self.nfe or bad:
+                raise GenkitError(f"--nfe counts network evaluations per sample: {self.solver} takes {per_step} per "
+                                  f"step, so each value must be a positive multiple of {per_step} (got {bad or 'none'})")
+
+    def nfe_values(self) -> tuple[int, ...]:
+        """The NFEs of a fixed-step solver to evaluate (``--nfe`` or :data:`DEFAULT_NFE`)."""
+        return self.nfe if self.nfe is not None else (DEFAULT_NFE,)
 
 
 def _extractor(cfg: FIDConfig, device: torch.device):
@@ -382,32 +432,96 @@ def _extractor(cfg: FIDConfig, device: torch.device):
     return ClassifierFeatures(cfg.classifier, device=device)
 
 
-def reference_stats(data, split: str, extractor, *, n: int, batch_size: int, stats_dir: Path | None, device) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mu, sigma, N) of the first ``n`` images of ``split``, cached as pytorch-fid-style .npz."""
-    from genkit.data.images import load_images
+def _digest(text: str) -> str:
+    import hashlib
 
-    folder = Path(stats_dir) if stats_dir is not None else Path(data.root) / "fid_stats"
-    tag = extractor.name.replace(":", "-").replace("/", "-")
-    images = load_images(data.dataset, root=data.root, split=split, download=data.download)
-    count = min(n, len(images))
-    path = folder / f"{data.dataset}-{split}-{count}-{tag}.npz"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_stats_dir(data) -> Path:
+    """Where reference statistics of ``data`` (``dataset``, ``root``) are cached by default: ``<root>/fid_stats``,
+    or for an ImageFolder the sibling folder ``<root>-fid_stats`` (never inside the image tree)."""
+    root = Path(data.root).expanduser()
+    if data.dataset != "imagefolder":
+        return root / "fid_stats"
+    root = root.resolve()
+    return root.parent / f"{root.name}-fid_stats"
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """Feature statistics ``mu: (D,)``, ``sigma: (D, D)`` of ``n`` images of a split; ``subset`` says which
+    (:func:`genkit.eval.runs.subset_description`); ``path`` is their cache file."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    subset: str
+    path: Path
+
+
+def reference_stats(data, split: str, extractor, *, n: int, batch_size: int, stats_dir: Path | None, device) -> ReferenceStats:
+    """Statistics of ``n`` images of ``split`` (:func:`genkit.eval.runs.eval_images`: all of them, or a fixed
+    seeded subset), cached as a pytorch-fid-style .npz in ``stats_dir`` (``None``: :func:`default_stats_dir`).
+
+    The file name holds the data set, split, subset, the extractor's name (which carries a digest of
+    non-standard weights) and, for an ImageFolder, a digest of its resolved root: two folders or two
+    networks sharing a ``stats_dir`` never read each other's statistics.
+    """
+    from genkit.eval.runs import SUBSET_SEED, eval_images, subset_description
+
+    folder = Path(stats_dir) if stats_dir is not None else default_stats_dir(data)
+    images, total = eval_images(data, split, n)
+    count, subset = len(images), subset_description(total, len(images))
+    which = f"{count}" if count == total else f"{count}of{total}-seed{SUBSET_SEED}"
+    tag = extractor.name.replace(":", "-").replace("/", "-").replace("@", "-")
+    where = f"-root{_digest(str(Path(data.root).expanduser().resolve()))}" if data.dataset == "imagefolder" else ""
+    path = folder / f"{data.dataset}-{split}-{which}-{tag}{where}.npz"
     if path.is_file():
         mu, sigma = load_stats(path)
-        return mu, sigma, count
-    stats = image_stats(images[:count].to(device), extractor, batch_size=batch_size)
+        return ReferenceStats(mu, sigma, count, subset, path)
+    stats = image_stats(images.to(device), extractor, batch_size=batch_size)
     mu, sigma = stats.mean(), stats.cov()
-    folder.mkdir(parents=True, exist_ok=True)
     save_stats(path, mu, sigma)
-    return mu, sigma, count
+    return ReferenceStats(mu, sigma, count, subset, path)
+
+
+class _CountedSolves:
+    """A :class:`NoiseSampler` passing ``solve`` through to ``sampler`` and adding up the network evaluations
+    each sample went through (``Trajectory.nfe`` of its batch's solve)."""
+
+    def __init__(self, sampler: NoiseSampler) -> None:
+        self.sampler = sampler
+        self.device = getattr(sampler, "device", "cpu")
+        self.evaluations = 0  # summed over samples
+        self.samples = 0
+
+    @property
+    def noise_shape(self) -> tuple[int, ...]:
+        return tuple(self.sampler.noise_shape)
+
+    def solve(self, x_0: Tensor) -> _Solved:
+        out = self.sampler.solve(x_0)
+        self.evaluations += int(out.nfe) * x_0.shape[0]
+        self.samples += x_0.shape[0]
+        return out
+
+    @property
+    def nfe(self) -> float:
+        """Mean network evaluations per sample so far."""
+        return self.evaluations / max(self.samples, 1)
 
 
 def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> dict[str, float | int | str]:
-    """Run the evaluation described by ``cfg``; returns the flat ``fid_*`` entries for eval.json.
+    """Run the evaluation described by ``cfg``; returns the flat ``fid_<features>_*`` entries for eval.json.
 
-    ``extractor``: the feature network (``None``: the one ``cfg.features`` names). With ``cfg.checkpoints``
-    other than ``"latest"`` the checkpoints' FIDs also go to the run's ``fid_curve.json`` and
-    ``fid_curve.png`` (:func:`genkit.eval.compare.extend_curve`); the entries returned are then the latest
-    checkpoint's if it was among them, else none. Reference statistics are computed (or read) once.
+    ``extractor``: the feature network (``None``: the one ``cfg.features`` names). A fixed-step solver gives
+    ``fid_<features>_nfe<K>`` per NFE ``K`` (network evaluations per sample, counted); dopri5 and one-shot
+    generators give ``fid_<features>`` (dopri5 also its measured mean ``fid_<features>_nfe``, ``_atol``,
+    ``_rtol``). With ``cfg.checkpoints`` other than ``"latest"`` the checkpoints' FIDs also go to the run's
+    ``fid_curve.json`` and ``fid_curve.png`` (:func:`genkit.eval.compare.extend_curve`); the entries returned
+    are then the latest checkpoint's if it was among them, else none. Reference statistics are computed
+    (or read) once.
     """
     from genkit.cli import resolve_device
     from genkit.eval.runs import checkpoint_steps, load_eval_run
@@ -418,61 +532,90 @@ def evaluate_fid(cfg: FIDConfig, extractor: FeatureExtractor | None = None) -> d
     if len(run.shape) != 3:
         raise GenkitError(f"FID needs an image model; {cfg.run} makes samples of shape {list(run.shape)} (2-D runs report energy distance in eval.json)")
     is_flow = getattr(run, "is_flow", True)
-    nfes = cfg.nfe if is_flow else (1,)
+    if not is_flow and cfg.nfe is not None:
+        raise GenkitError(f"{cfg.run} is a one-shot generator (one network evaluation per sample): drop --nfe")
+    fixed_step = is_flow and cfg.solver in EVALUATIONS_PER_STEP
+    nfes: tuple[int | None, ...] = cfg.nfe_values() if fixed_step else (None,)
     steps = _curve_steps(cfg, checkpoint_steps(cfg.run), is_flow)
     extractor = extractor if extractor is not None else _extractor(cfg, device)
-    mu_ref, sigma_ref, n_ref = reference_stats(run.data, cfg.ref, extractor, n=cfg.n, batch_size=cfg.batch_size,
-                                               stats_dir=cfg.stats_dir, device=device)
+    ref = reference_stats(run.data, cfg.ref, extractor, n=cfg.n, batch_size=cfg.batch_size, stats_dir=cfg.stats_dir,
+                          device=device)
     key = f"fid_{cfg.features}"
     precision = resolve_precision(cfg.precision, device)
-    provenance: dict[str, str | int] = {
-        "extractor": extractor.name, "ref": f"{run.data.dataset}:{cfg.ref}", "n": cfg.n, "n_ref": n_ref,
-        "solver": cfg.solver if is_flow else "generator", "weights": cfg.weights, "precision": precision,
-        "seed": cfg.seed}
+    provenance: dict[str, str | int | float] = {
+        "extractor": extractor.name, "ref": f"{run.data.dataset}:{cfg.ref}", "n": cfg.n, "n_ref": ref.n,
+        "ref_subset": ref.subset, "solver": cfg.solver if is_flow else "generator", "weights": cfg.weights,
+        "precision": precision, "seed": cfg.seed}
 
-    def fid_of(loaded, nfe: int) -> tuple[float, float]:
-        """(FID, seconds of sampling and features) of one loaded checkpoint at ``nfe`` solver steps (flows)."""
+    def sampler_of(loaded, nfe: int | None):
+        if not is_flow:
+            return loaded.sampler(device=device)
+        steps_ = nfe // EVALUATIONS_PER_STEP[cfg.solver] if nfe is not None else None
+        sampler = loaded.sampler(method=cfg.solver, steps=steps_, device=device)
+        # a flow evaluates its network nfe times per batch: worth compiling (a generator, once: not)
+        sampler.field = compile_for_sampling(sampler.field, device, enabled=cfg.compile)
+        return sampler
+
+    if is_flow and not fixed_step:  # the tolerances of the run's adaptive sampler
+        adaptive = run.sampler(method=cfg.solver, device=device)
+        provenance |= {"atol": adaptive.atol, "rtol": adaptive.rtol}
+
+    def fid_of(loaded, nfe: int | None) -> tuple[float, float, float | None]:
+        """(FID, seconds of sampling and features, mean NFE per sample: flows) of one loaded checkpoint."""
         start = time.perf_counter()
-        if is_flow:
-            sampler = loaded.sampler(method=cfg.solver, steps=nfe, device=device)
-            # a flow evaluates its network nfe times per batch: worth compiling (a generator, once: not)
-            sampler.field = compile_for_sampling(sampler.field, device, enabled=cfg.compile)
-        else:
-            sampler = loaded.sampler(device=device)
-        stats = sampler_stats(sampler, cfg.n, extractor, seed=cfg.seed, batch_size=cfg.batch_size, precision=precision)
-        return frechet_distance(stats.mean(), stats.cov(), mu_ref, sigma_ref), round(time.perf_counter() - start, 2)
+        sampler = sampler_of(loaded, nfe)
+        counted = _CountedSolves(sampler) if is_flow else sampler
+        stats = sampler_stats(counted, cfg.n, extractor, seed=cfg.seed, batch_size=cfg.batch_size, precision=precision)
+        measured = counted.nfe if is_flow else None
+        if nfe is not None and measured != nfe:
+            raise GenkitError(f"{cfg.solver} with {nfe // EVALUATIONS_PER_STEP[cfg.solver]} steps evaluated the network "
+                              f"{measured:g} times per sample, not {nfe}: this run's sampler does not take --nfe")
+        fid = frechet_distance(stats.mean(), stats.cov(), ref.mu, ref.sigma)
+        return fid, round(time.perf_counter() - start, 2), measured
 
     if steps is None:
         results = {nfe: fid_of(run, nfe) for nfe in nfes}
     else:
         from genkit.eval.compare import extend_curve
 
+        measured_at: dict[int, float | None] = {}
+
         def fid_at(step: int) -> tuple[float, float]:
             loaded = run if step == run.step else load_eval_run(cfg.run, device=device, ema=cfg.weights == "ema", step=step)
-            return fid_of(loaded, nfes[0])
+            fid, seconds, measured_at[step] = fid_of(loaded, nfes[0])
+            return fid, seconds
 
-        settings = {"metric": key, **provenance, "nfe": nfes[0] if is_flow else None}
+        nfe_setting = nfes[0] if fixed_step else ("adaptive" if is_flow else None)
+        settings = {"metric": key, **provenance, "nfe": nfe_setting}
         done = extend_curve(cfg.run, settings, steps, fid_at, only_missing=cfg.checkpoints == "missing")
         if run.step not in done:
             return {}  # the latest checkpoint was not evaluated: eval.json keeps what it has
-        results = {nfes[0]: done[run.step]}
+        results = {nfes[0]: (*done[run.step], measured_at[run.step])}
     out: dict[str, float | int | str] = {}
-    for nfe, (fid, seconds) in results.items():
-        out |= {f"{key}_nfe{nfe}": fid, f"{key}_seconds_nfe{nfe}": seconds} if is_flow else {key: fid, f"{key}_seconds": seconds}
+    for nfe, (fid, seconds, measured) in results.items():
+        if nfe is not None:
+            out |= {f"{key}_nfe{nfe}": fid, f"{key}_seconds_nfe{nfe}": seconds}
+        else:
+            out |= {key: fid, f"{key}_seconds": seconds}
+            if measured is not None:  # dopri5: the mean network evaluations per sample it chose
+                out[f"{key}_nfe"] = round(measured, 1)
     if cfg.floor:
-        mu_tr, sigma_tr, _ = reference_stats(run.data, "train", extractor, n=cfg.n, batch_size=cfg.batch_size,
-                                             stats_dir=cfg.stats_dir, device=device)
-        out[f"{key}_floor_train_vs_{cfg.ref}"] = frechet_distance(mu_tr, sigma_tr, mu_ref, sigma_ref)
+        train = reference_stats(run.data, "train", extractor, n=cfg.n, batch_size=cfg.batch_size,
+                                stats_dir=cfg.stats_dir, device=device)
+        out[f"{key}_floor_train_vs_{cfg.ref}"] = frechet_distance(train.mu, train.sigma, ref.mu, ref.sigma)
+        out[f"{key}_floor_train_subset"] = train.subset
     out |= {f"{key}_{name}": value for name, value in provenance.items()}
-    if is_flow and len(cfg.nfe) > 1:
+    out[f"{key}_step"] = run.step
+    if fixed_step and len(nfes) > 1:
         from genkit.plots import save_curves
 
-        nfes = sorted(cfg.nfe)
+        xs = sorted(nfes)
         floor_key = f"{key}_floor_train_vs_{cfg.ref}"
         floor = {f"train vs {cfg.ref} split (floor)": out[floor_key]} if floor_key in out else {}
-        save_curves({f"{cfg.solver}, {cfg.weights} weights": (nfes, [out[f"{key}_nfe{k}"] for k in nfes])},
-                    Path(cfg.run) / f"fid_{cfg.features}_vs_nfe.png", xlabel="NFE", ylabel=f"FID ({extractor.name}, N={cfg.n})",
-                    title=f"{run.data.dataset}: FID against NFE", logx=True, logy=True, hlines=floor)
+        save_curves({f"{cfg.solver}, {cfg.weights} weights": (xs, [out[f"{key}_nfe{k}"] for k in xs])},
+                    Path(cfg.run) / f"fid_{cfg.features}_vs_nfe.png", xlabel="NFE (network evaluations per sample)",
+                    ylabel=f"FID ({extractor.name}, N={cfg.n})", title=f"{run.data.dataset}: FID against NFE",
+                    logx=True, logy=True, hlines=floor)
     return out
 
 
@@ -483,8 +626,8 @@ def _curve_steps(cfg: FIDConfig, available: list[int], is_flow: bool) -> list[in
     """
     if cfg.checkpoints == "latest":
         return None
-    if is_flow and len(cfg.nfe) != 1:
-        raise GenkitError(f"a FID curve over checkpoints takes one --nfe, got {' '.join(map(str, cfg.nfe))}: "
+    if is_flow and len(cfg.nfe_values()) != 1:
+        raise GenkitError(f"a FID curve over checkpoints takes one --nfe, got {' '.join(map(str, cfg.nfe_values()))}: "
                           "run it once per NFE")
     if cfg.checkpoints in ("all", "missing"):
         return available
@@ -498,7 +641,7 @@ def _curve_steps(cfg: FIDConfig, available: list[int], is_flow: bool) -> list[in
 def main(argv: list[str] | None = None) -> int:
     from genkit.eval.runs import eval_main
 
-    return eval_main(FIDConfig, evaluate_fid, argv, "python -m genkit.eval.fid")
+    return eval_main(FIDConfig, evaluate_fid, argv, "python -m genkit.eval.fid", family=lambda cfg: f"fid_{cfg.features}")
 
 
 if __name__ == "__main__":

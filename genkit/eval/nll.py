@@ -14,6 +14,12 @@ data. With ``K`` dequantization draws ``u_1..u_K``, the importance-weighted boun
 ``log (1/K) sum_k p_y(x_int + u_k)`` (uniform proposal) is tighter and tends to ``log P(x_int)``
 as ``K`` grows: :func:`image_nll` with ``k``.
 
+That bound needs the exact ``log p(x)`` of each draw. A flow's Hutchinson estimate is unbiased for
+``log p(x)``, which is enough at ``K = 1`` (the mean over images is unbiased for the bound), but at
+``K > 1`` the log-mean-exp of noisy log-estimates is biased upward by the probe noise (Jensen again,
+the other way): the bits/dim come out optimistic, possibly below the model's true value. Reduce the
+noise with more probes (``--num-probes``) or use the exact divergence where it is affordable.
+
 Compare numbers only at the same ``K``: the Flow Matching paper (Lipman et al., 2023, Table 4)
 reports CIFAR-10 likelihoods whose ``K = 1`` setting is the one comparable to 3.11 bits/dim,
 not to the headline 2.99.
@@ -97,8 +103,11 @@ class ImageNLL:
     ``bits_per_dim: (N,)`` per image, ``log_prob: (N,)`` the ``K``-sample log-density in nats on
     the ``[-1, 1]`` scale (before the dequantization offset), both float64 CPU; ``mean`` and
     ``stderr`` (standard error of the mean, NaN for one image) of ``bits_per_dim``; ``k``
-    dequantization draws per image; ``num_dims`` per image. An upper bound (in expectation) on
-    the discrete data's bits/dim, whatever the density.
+    dequantization draws per image; ``num_dims`` per image. An upper bound (in expectation) on the
+    discrete data's bits/dim when ``log_prob`` is exact or, at ``k = 1``, an unbiased estimate of it
+    (or a lower bound, as IWAE's). At ``k > 1`` with a noisy unbiased estimate (a flow's Hutchinson
+    divergence) it is not: the log-mean-exp of noisy estimates favours the high ones, so the bits/dim are
+    optimistic by an amount that grows with the probe noise (see the module docstring).
     """
 
     bits_per_dim: Tensor
@@ -176,17 +185,22 @@ class NLLConfig:
     """Negative log-likelihood of a run's model on held-out data; merged into the run's eval.json.
 
     Images: bits/dim of the split under uniform dequantization with ``k`` draws (an upper bound
-    on the discrete data's bits/dim; see this module's docstring). 2-D data: nats per point on
-    held-out samples (no dequantization).
+    on the discrete data's bits/dim in expectation with the exact divergence, or with Hutchinson at
+    ``k = 1``; Hutchinson at ``k > 1`` is optimistic, see this module's docstring). 2-D data: nats per
+    point on fresh samples of the toy distribution (no dequantization, no split, ``k = 1``).
+    A new NLL evaluation replaces all ``nll_*`` entries of the previous one in eval.json.
     """
 
     run: Path
     """run folder (a recipe's --out)"""
     split: Literal["train", "test"] = "test"
+    """the image split to score (2-D data: fresh samples, leave it at test)"""
     n: int = 0
-    """number of images (0: the whole split); 2-D data: held-out points (0: 2000)"""
+    """number of images (0 or at least the split's size: the whole split; fewer: a fixed seeded random
+    subset, the one FID uses); 2-D data: fresh points (0: 2000)"""
     k: int = 1
-    """dequantization draws per image (importance weighted)"""
+    """dequantization draws per image (importance weighted; with hutchinson, k > 1 is optimistic by the
+    probe noise: raise --num-probes)"""
     divergence: Literal["exact", "hutchinson"] = "hutchinson"
     """exact costs one backward per dimension: for 2-D data; hutchinson for images"""
     probe: Literal["rademacher", "gaussian"] = "rademacher"
@@ -208,9 +222,30 @@ class NLLConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        for name, value, least in (("n", self.n, 0), ("k", self.k, 1), ("num-probes", self.num_probes, 1),
+                                   ("steps", self.steps, 1), ("batch-size", self.batch_size, 1)):
+            if value < least:
+                raise GenkitError(f"--{name} must be >= {least}, got {value}")
+        if not (self.atol > 0 and self.rtol > 0):
+            raise GenkitError(f"--atol and --rtol must be > 0, got {self.atol} and {self.rtol}")
 
-def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
-    """Run the evaluation described by ``cfg``; returns the flat ``nll_*`` entries for eval.json."""
+
+K_NOTE = ("hutchinson with k > 1: the log-mean-exp of noisy log-density estimates is biased towards higher "
+          "likelihood, so these bits/dim are optimistic by the probe noise (not a bound); raise --num-probes "
+          "or compare at k = 1")
+"""``nll_k_note`` in eval.json: why a Hutchinson estimate with several dequantization draws is no bound."""
+
+
+def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str | bool | None]:
+    """Run the evaluation described by ``cfg``; returns the flat ``nll_*`` entries for eval.json.
+
+    Besides the result and its settings: ``nll_step`` (the checkpoint), ``nll_subset`` (which images),
+    ``nll_batch_size`` (each batch draws its own noise, so the value depends on it),
+    ``nll_density_is_bound`` (the model's log-density is itself a lower bound, as IWAE's, rather than
+    ``log p`` or an unbiased estimate of it) and, for Hutchinson with ``k > 1``, ``nll_k_note``
+    (:data:`K_NOTE`). Tolerances are recorded for dopri5, steps for the fixed-step solvers.
+    """
     import time
 
     from genkit.cli import resolve_device
@@ -232,32 +267,39 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str]:
         density.field = autocast_field(density.field, device, cfg.precision)
     generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "nll"))
     start = time.perf_counter()
-    out: dict[str, float | int | str] = {}
+    out: dict[str, float | int | str | bool | None] = {}
     if len(run.shape) == 1:
         from genkit.data.toy import sample_toy
 
+        if cfg.k != 1 or cfg.split != "test":
+            raise GenkitError("2-D data are scored on fresh samples of the toy distribution, without dequantization: "
+                              "drop --k and --split")
         n = cfg.n or 2000
         x = sample_toy(run.data.dataset, n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "nll-data")))
         with torch.no_grad():
             lp = torch.cat([density.log_prob(b.to(device), generator=generator).double().cpu()
                             for b in x.split(cfg.batch_size)])
-        out |= {"nll_nats": float(-lp.mean()), "nll_nats_stderr": float(lp.std() / math.sqrt(n))}
+        out |= {"nll_nats": float(-lp.mean()), "nll_nats_stderr": float(lp.std() / math.sqrt(n)) if n > 1 else None,
+                "nll_split": "fresh samples"}
         seconds = time.perf_counter() - start
     else:
-        from genkit.data.images import load_images
+        from genkit.eval.runs import eval_images, subset_description
 
-        images = load_images(run.data.dataset, root=run.data.root, split=cfg.split, download=run.data.download)
-        images = images[: cfg.n] if cfg.n else images
-        res, seconds, nfe = _resumable_image_nll(density, images, cfg, device, step=run.step)
+        images, total = eval_images(run.data, cfg.split, cfg.n)
+        subset = subset_description(total, len(images))
+        res, seconds, nfe = _resumable_image_nll(density, images, cfg, device, step=run.step, subset=subset)
         n = res.bits_per_dim.numel()
-        out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr, "nll_k": cfg.k, "nll_nfe_per_solve": round(nfe, 1),
+        out |= {"nll_bpd": res.mean, "nll_bpd_stderr": res.stderr if n > 1 else None, "nll_k": cfg.k,
+                "nll_nfe_per_solve": round(nfe, 1), "nll_split": cfg.split, "nll_subset": subset,
                 "nll_dequantization": "uniform: (x + u)/128 - 1, offset D log(2/256) (training saw x/127.5 - 1)"}
-    out |= {"nll_split": cfg.split if len(run.shape) > 1 else "fresh samples", "nll_n": n,
+        if cfg.k > 1 and cfg.divergence == "hutchinson" and isinstance(density, FlowDensity):
+            out["nll_k_note"] = K_NOTE
+    adaptive = cfg.method not in FIXED_STEP_METHODS
+    out |= {"nll_n": n, "nll_step": run.step, "nll_density_is_bound": bool(getattr(density, "is_bound", False)),
             "nll_divergence": cfg.divergence if cfg.divergence == "exact" else f"hutchinson-{cfg.probe}x{cfg.num_probes}",
-            "nll_solver": cfg.method, "nll_atol": cfg.atol, "nll_rtol": cfg.rtol, "nll_weights": cfg.weights,
-            **({"nll_steps": cfg.steps} if cfg.method in FIXED_STEP_METHODS else {}),
-            "nll_seed": cfg.seed, "nll_precision": field_precision(cfg.precision, device),
-            "nll_seconds": round(seconds, 2)}
+            "nll_solver": cfg.method, **({"nll_atol": cfg.atol, "nll_rtol": cfg.rtol} if adaptive else {"nll_steps": cfg.steps}),
+            "nll_weights": cfg.weights, "nll_seed": cfg.seed, "nll_batch_size": cfg.batch_size,
+            "nll_precision": field_precision(cfg.precision, device), "nll_seconds": round(seconds, 2)}
     return out
 
 
@@ -266,15 +308,16 @@ PROGRESS_FILE = "nll_progress.json"
 
 
 def _resumable_image_nll(
-    density: Density, images: Tensor, cfg: NLLConfig, device: torch.device, *, step: int
+    density: Density, images: Tensor, cfg: NLLConfig, device: torch.device, *, step: int, subset: str
 ) -> tuple[ImageNLL, float, float]:
     """:func:`image_nll` batch by batch, resumable; returns the result, the seconds of computing it and
     the mean field evaluations per solve (a batch's ODE solve; 0 for a density that does not count them).
 
     Batch ``i`` (images ``i * batch_size ...``) draws its dequantization and probes from its own
     generator, seeded ``derive_seed(seed, "nll", i)``, so its log-densities do not depend on which
-    batches were computed before it, or in which process. After each batch they are added to
-    ``<run>/nll_progress.json`` (atomically) with the settings and the checkpoint step; the same
+    batches were computed before it, or in which process (they do depend on the batch size, which is
+    recorded). After each batch they are added to ``<run>/nll_progress.json`` (atomically) with the
+    settings, the checkpoint step and which images (``subset``); the same
     command after an interruption skips the batches there (other settings start afresh). The seconds
     are those of all batches, whichever call computed them.
     """
@@ -287,7 +330,8 @@ def _resumable_image_nll(
 
     # where and how the network runs (device, compile) changes only rounding: a run may resume with others
     ignored = ("run", "n", "device", "compile")
-    settings = {"step": step, "n": len(images), **{k: v for k, v in vars(cfg).items() if k not in ignored}}
+    settings = {"step": step, "n": len(images), "subset": subset,
+                **{k: v for k, v in vars(cfg).items() if k not in ignored}}
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
     path = Path(cfg.run) / PROGRESS_FILE
     try:
@@ -315,7 +359,7 @@ def _resumable_image_nll(
 def main(argv: list[str] | None = None) -> int:
     from genkit.eval.runs import eval_main
 
-    return eval_main(NLLConfig, evaluate_nll, argv, "python -m genkit.eval.nll")
+    return eval_main(NLLConfig, evaluate_nll, argv, "python -m genkit.eval.nll", family=lambda cfg: "nll")
 
 
 if __name__ == "__main__":

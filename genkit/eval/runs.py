@@ -6,7 +6,9 @@ returns offers what evaluation needs: ``shape`` (one sample), ``step``, ``data``
 settings: ``dataset``, ``root``), ``sampler(...)`` (a :class:`~genkit.sampling.Sampler`) and, for
 models with a density, ``density(...)`` (a :class:`~genkit.eval.density.Density`).
 :func:`checkpoint_progress` says how far training had come at a checkpoint (steps of the sampled
-network, seconds of training), for curves over checkpoints.
+network, seconds of training), for curves over checkpoints. :func:`eval_images` picks the images of a
+split that an evaluation uses (the same for FID and NLL), and :func:`eval_main` runs an evaluation CLI and
+records its results in ``eval.json``, replacing what an earlier evaluation of the same family recorded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from genkit.errors import GenkitError
 
@@ -100,14 +103,79 @@ def checkpoint_progress(run_dir: str | Path, step: int) -> CheckpointProgress:
                               None if seconds is None else float(seconds))
 
 
-def eval_main(config_cls: Callable[..., Any], evaluate: Callable[[Any], dict], argv: list[str] | None, prog: str) -> int:
-    """An evaluation CLI: parse ``config_cls``, evaluate, merge into the run's eval.json, print one JSON line."""
-    import tyro
+SUBSET_SEED = 0
+"""Seed of the fixed random subset :func:`subset_indices` draws (documented: cached statistics rely on it)."""
 
-    from genkit.train.logging import update_eval
+
+def subset_indices(total: int, n: int) -> Tensor | None:
+    """Which ``n`` of ``total`` items an evaluation uses: ``None`` (all of them) when ``n >= total``, else
+    ``(n,)`` int64 indices in increasing order, the first ``n`` of ``torch.randperm(total)`` from a CPU
+    generator seeded :data:`SUBSET_SEED`: the same subset in every call and process (the first ``n`` items
+    of a folder sorted by class would hold only the first classes)."""
+    if n < 1 or total < 1:
+        raise GenkitError(f"a subset needs n >= 1 of total >= 1 items, got n={n}, total={total}")
+    if n >= total:
+        return None
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(SUBSET_SEED))
+    return order[:n].sort().values
+
+
+def subset_description(total: int, n: int) -> str:
+    """What :func:`subset_indices` takes, in words, for eval.json: ``"all 10000"`` or
+    ``"seeded random 1000 of 10000 (seed 0)"``."""
+    if n >= total:
+        return f"all {total}"
+    return f"seeded random {n} of {total} (seed {SUBSET_SEED})"
+
+
+def eval_images(data: Any, split: str, n: int) -> tuple[Tensor, int]:
+    """The images of ``split`` of a run's data (``dataset``, ``root``, ``download``) that an evaluation of
+    ``n`` images uses (``n = 0``: all), uint8 ``(N, C, H, W)`` on the CPU with ``N = min(n, split size)``,
+    and the split size. Fewer than the split: the fixed subset of :func:`subset_indices`, which
+    :func:`subset_description` describes."""
+    from genkit.data.images import load_images
+
+    images = load_images(data.dataset, root=data.root, split=split, download=data.download)
+    total = len(images)
+    index = subset_indices(total, total if n == 0 else n)
+    return (images if index is None else images[index]), total
+
+
+EVAL_FILE = "eval.json"
+
+
+def in_family(key: str, family: str) -> bool:
+    """Whether eval.json's ``key`` belongs to the evaluation ``family`` (``fid_inception``, ``nll``):
+    the key is the family's name or starts with it and ``_``."""
+    return key == family or key.startswith(family + "_")
+
+
+def record_eval(run_dir: str | Path, family: str, values: dict) -> dict:
+    """Write an evaluation's ``values`` into the run's flat eval.json; returns the file's new contents.
+
+    The evaluation replaces its whole family: every key :func:`in_family` of ``family`` goes first (an
+    earlier evaluation's NFEs, floor, settings), so each family's keys describe one evaluation. Other
+    keys (the recipe's own metrics, other families) are kept. No ``values``: the file is left alone.
+    """
+    from genkit.train.checkpoint import write_json_atomic
+
+    path = Path(run_dir) / EVAL_FILE
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if not values:
+        return old
+    merged = {k: v for k, v in old.items() if not in_family(k, family)} | values
+    write_json_atomic(path, merged)
+    return merged
+
+
+def eval_main(config_cls: Callable[..., Any], evaluate: Callable[[Any], dict], argv: list[str] | None, prog: str,
+              family: Callable[[Any], str]) -> int:
+    """An evaluation CLI: parse ``config_cls``, evaluate, record in the run's eval.json (:func:`record_eval`
+    of the family ``family(cfg)`` names), print one JSON line."""
+    import tyro
 
     cfg = tyro.cli(config_cls, args=argv, prog=prog)
     values = evaluate(cfg)
-    update_eval(cfg.run, values)
+    record_eval(cfg.run, family(cfg), values)
     print(json.dumps(values))
     return 0

@@ -30,9 +30,27 @@ def test_nll_cli_merges_into_eval_json(toy_run, capsys):
     assert code == 0
     printed = json.loads(line)
     after = json.loads((toy_run / "eval.json").read_text())
-    assert after == before | printed  # merged: the recipe's own metrics are kept
+    mine = {k: v for k, v in before.items() if not k.startswith("nll_")}
+    assert after == mine | printed  # merged: the recipe's own metrics are kept
     assert printed["nll_n"] == 64 and printed["nll_divergence"] == "exact" and printed["nll_weights"] == "ema"
-    assert 0 < printed["nll_nats"] < 20
+    assert 0 < printed["nll_nats"] < 20 and printed["nll_steps"] == 8 and "nll_atol" not in printed  # rk4: no tolerances
+    assert printed["nll_step"] == 20 and printed["nll_batch_size"] == 500 and printed["nll_density_is_bound"] is False
+    # another NLL evaluation replaces every nll_* entry of this one (no rk4 steps left beside dopri5's tolerances)
+    code = run_main(nll.main, ["--run", str(toy_run), "--divergence", "exact", "--n", "16", "--device", "cpu"])
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and json.loads((toy_run / "eval.json").read_text()) == mine | again
+    assert "nll_steps" not in again and again["nll_solver"] == "dopri5" and again["nll_rtol"] == 1e-5
+
+
+def test_nll_cli_refuses_what_2d_data_would_ignore(toy_run, capsys):
+    for flags in (["--k", "4"], ["--split", "train"]):
+        code = run_main(nll.main, ["--run", str(toy_run), "--divergence", "exact", "--n", "8", "--device", "cpu", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "drop --k and --split" in err
+    for flags, message in ((["--batch-size", "0"], "--batch-size must be >= 1"), (["--n", "-5"], "--n must be >= 0")):
+        assert run_main(nll.main, ["--run", str(toy_run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
 def test_nll_cli_bad_run_is_one_line(tmp_path, capsys):
@@ -70,6 +88,8 @@ def test_fid_cli_classifier_features(image_runs, capsys):
         assert printed[key] >= 0
     assert printed["fid_classifier_extractor"].startswith("classifier:imagefolder@") and printed["fid_classifier_n"] == 24
     assert printed["fid_classifier_ref"] == "imagefolder:test" and printed["fid_classifier_weights"] == "ema"
+    assert printed["fid_classifier_ref_subset"] == "seeded random 24 of 32 (seed 0)" and printed["fid_classifier_step"] == 2
+    assert printed["fid_classifier_floor_train_subset"] == "seeded random 24 of 32 (seed 0)"
     assert (flow / "fid_classifier_vs_nfe.png").stat().st_size > 0
     assert json.loads((flow / "eval.json").read_text())["fid_classifier_nfe2"] == printed["fid_classifier_nfe2"]
     assert list((root / "stats").glob("imagefolder-test-*.npz"))  # cached reference statistics
@@ -77,6 +97,18 @@ def test_fid_cli_classifier_features(image_runs, capsys):
     assert run_main(fid.main, [*argv, "--batch-size", "24"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["fid_classifier_nfe1"] == pytest.approx(printed["fid_classifier_nfe1"], rel=1e-6)
+    # another evaluation (one NFE, raw weights, no floor) replaces the whole fid_classifier family in eval.json
+    assert run_main(fid.main, ["--run", str(flow), "--features", "classifier", "--classifier", str(clf), "--n", "24",
+                               "--nfe", "2", "--weights", "raw", "--device", "cpu", "--stats-dir", str(root / "stats")]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recorded = {k: v for k, v in json.loads((flow / "eval.json").read_text()).items() if k.startswith("fid_classifier")}
+    assert recorded == last and "fid_classifier_nfe1" not in recorded and recorded["fid_classifier_weights"] == "raw"
+    # options FID would ignore are one-line errors
+    for flags in (["--features", "inception", "--classifier", str(clf)], ["--ref", "train", "--floor"],
+                  ["--solver", "dopri5", "--nfe", "10", "20"]):
+        assert run_main(fid.main, ["--run", str(flow), "--device", "cpu", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_fid_cli_missing_inception_weights_is_one_line(image_runs, tmp_path, capsys, monkeypatch):
@@ -98,6 +130,23 @@ def test_nll_cli_on_images_reports_bits_per_dim(image_runs, capsys):
     assert printed["nll_divergence"] == "hutchinson-rademacherx1" and 0 < printed["nll_bpd"] < 100
     assert printed["nll_precision"] == "fp32"
     assert printed["nll_steps"] == 2 and printed["nll_nfe_per_solve"] == 2  # Euler: one evaluation per step
+    assert printed["nll_subset"] == "seeded random 6 of 32 (seed 0)" and printed["nll_batch_size"] == 3
+    assert "nll_atol" not in printed and "nll_k_note" not in printed
+
+
+def test_nll_cli_one_image_and_several_draws(image_runs, capsys):
+    """One image has no standard error: null in eval.json (not NaN, which is no JSON). Hutchinson with k > 1
+    is optimistic, and eval.json says so."""
+    _, flow, _ = image_runs
+    argv = ["--run", str(flow), "--method", "euler", "--steps", "2", "--device", "cpu"]
+    assert run_main(nll.main, [*argv, "--n", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["nll_bpd_stderr"] is None and printed["nll_subset"] == "seeded random 1 of 32 (seed 0)"
+    text = (flow / "eval.json").read_text()
+    assert "NaN" not in text and json.loads(text)["nll_bpd_stderr"] is None
+    assert run_main(nll.main, [*argv, "--n", "2", "--k", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["nll_k"] == 2 and "optimistic" in printed["nll_k_note"] and "--num-probes" in printed["nll_k_note"]
 
 
 def test_nll_bf16_is_for_cuda_only(image_runs, capsys):

@@ -57,7 +57,8 @@ def test_inception_wrapper_contract(tmp_path, monkeypatch):
     torch.save({"fc.weight": torch.zeros(1008, 2048)}, weights)
     extractor = InceptionFeatures(weights)
     assert extractor.net.weights == str(weights)
-    assert isinstance(extractor, FeatureExtractor) and extractor.name == "inception-v3" and extractor.dim == 2048
+    assert isinstance(extractor, FeatureExtractor) and extractor.dim == 2048
+    assert extractor.name.startswith("inception-v3@")  # not the published weights: named by their digest
     g = torch.Generator().manual_seed(0)
     gray = torch.randint(0, 256, (3, 1, 5, 7), generator=g, dtype=torch.uint8)
     f = extractor(gray)
@@ -93,3 +94,24 @@ def test_real_network_with_random_weights(tmp_path):
     f = extractor(gray)
     assert f.shape == (1, 2048) and f.dtype == torch.float32 and torch.isfinite(f).all() and f.std() > 0
     assert torch.equal(f, extractor(gray.repeat(1, 3, 1, 1)))
+
+
+def test_inception_name_says_which_weights(tmp_path, monkeypatch):
+    """The published weights (SHA-256 prefix in the published file name, as torch.hub checks) are plain
+    "inception-v3"; any other file is named by its digest, so cached reference statistics differ."""
+    import hashlib
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    from genkit.eval import features
+
+    monkeypatch.setattr(fe, "FeatureExtractorInceptionV3", FakeInception)
+    mine, other = tmp_path / "mine.pth", tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(3, 2)}, mine)
+    torch.save({"fc.weight": torch.ones(3, 2)}, other)
+    names = {InceptionFeatures(p).name for p in (mine, other)}
+    assert len(names) == 2 and all(n.startswith("inception-v3@") for n in names)
+    prefix = hashlib.sha256(mine.read_bytes()).hexdigest()[:8]
+    monkeypatch.setattr(features, "_inception_source", lambda: ("https://x", f"weights-inception-{prefix}.pth"))
+    assert InceptionFeatures(mine).name == "inception-v3"
+    assert InceptionFeatures(other).name.startswith("inception-v3@")

@@ -156,6 +156,18 @@ def test_npz_round_trip_uses_pytorch_fid_keys(tmp_path):
         load_stats(tmp_path / "missing.npz")
 
 
+def test_truncated_or_corrupt_npz_is_one_line_naming_the_file(tmp_path):
+    """A cached file cut short by an interrupted write (BadZipFile) or with damaged data (zlib.error)."""
+    good = save_stats(tmp_path / "good.npz", np.zeros(50), np.eye(50)).read_bytes()
+    flipped = good[:60] + bytes(b ^ 0xFF for b in good[60:120]) + good[120:]
+    for name, data in (("cut.npz", good[: len(good) // 2]), ("flipped.npz", flipped)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(GenkitError) as e:
+            load_stats(tmp_path / name)
+        message = str(e.value)
+        assert "\n" not in message and str(tmp_path / name) in message and "delete it" in message
+
+
 # ---- sampling with one seed per sample ---------------------------------------------------------------------
 class ImageField(torch.nn.Module):
     """A small fixed MLP velocity field over (1, 4, 4) images."""

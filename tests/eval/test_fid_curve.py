@@ -74,7 +74,8 @@ def test_gan_curve_has_every_checkpoint(runs):
     assert all(s is not None and s > 0 for s in seconds) and seconds == sorted(seconds)
     assert all(p.fid >= 0 for p in curve.points)
     assert curve.settings == {"metric": "fid_inception", "extractor": "stub:channel-moments", "ref": "imagefolder:test",
-                              "n": 16, "n_ref": 16, "solver": "generator", "nfe": None, "weights": "ema", "precision": "fp32", "seed": 0}
+                              "n": 16, "n_ref": 16, "ref_subset": "seeded random 16 of 32 (seed 0)", "solver": "generator",
+                              "nfe": None, "weights": "ema", "precision": "fp32", "seed": 0}
     assert (gan / "fid_curve.png").stat().st_size > 0
     # the latest checkpoint's entries are the ones the default (latest-only) command gives: same noise, same weights
     latest = fid.evaluate_fid(fid_config(root, gan), extractor=ChannelMoments())
@@ -111,6 +112,131 @@ def test_flow_curve_counts_flow_steps(runs):
     assert out["fid_inception_nfe1"] == curve.points[-1].fid
     with pytest.raises(GenkitError, match="takes one --nfe"):
         fid.evaluate_fid(fid_config(root, flow, checkpoints="all", nfe=(1, 2)), extractor=ChannelMoments())
+
+
+class CountSolves:
+    """Wraps genkit.sampling.integrate: the network evaluations each sample of each solve went through."""
+
+    def __init__(self, monkeypatch):
+        import genkit.sampling
+
+        self.per_sample, real = [], genkit.sampling.integrate
+
+        def counting(field, x, *args, **kwargs):
+            traj = real(field, x, *args, **kwargs)
+            self.per_sample += [traj.nfe] * x.shape[0]
+            return traj
+
+        monkeypatch.setattr(genkit.sampling, "integrate", counting)
+
+
+@pytest.mark.parametrize("solver, nfe", [("rk4", (4, 8)), ("midpoint", (2,))])
+def test_fid_nfe_counts_network_evaluations(runs, monkeypatch, solver, nfe):
+    """--nfe K with a fixed-step solver makes K network evaluations per sample (rk4: K/4 steps), and
+    eval.json's fid_<features>_nfeK says so."""
+    root, _, flow = runs
+    for k in nfe:
+        counter = CountSolves(monkeypatch)
+        out = fid.evaluate_fid(fid_config(root, flow, solver=solver, nfe=(k,)), extractor=ChannelMoments())
+        assert counter.per_sample == [k] * 16
+        assert out[f"fid_inception_nfe{k}"] >= 0 and out["fid_inception_solver"] == solver
+    with pytest.raises(GenkitError, match="multiple of 4"):
+        fid_config(root, flow, solver="rk4", nfe=(2,))
+
+
+def test_fid_dopri5_records_its_measured_nfe(runs, monkeypatch):
+    root, _, flow = runs
+    with pytest.raises(GenkitError, match="dopri5 chooses its own steps"):
+        fid_config(root, flow, solver="dopri5", nfe=(10, 20))
+    from genkit.sampling import ODESampler
+
+    def loose(net, shape, method, steps, device):  # the untrained UNet needs ~300 NFE at the default 1e-5
+        return ODESampler(net, shape, method=method, steps=steps, atol=1e-3, rtol=1e-2, device=device)
+
+    monkeypatch.setattr(reflow, "make_sampler", loose)
+    counter = CountSolves(monkeypatch)
+    cfg = fid.FIDConfig(run=flow, n=4, batch_size=2, device="cpu", stats_dir=root / "stats", solver="dopri5")
+    out = fid.evaluate_fid(cfg, extractor=ChannelMoments())
+    assert out["fid_inception"] >= 0 and not any(k.startswith("fid_inception_nfe") and k != "fid_inception_nfe" for k in out)
+    assert len(counter.per_sample) == 4 and out["fid_inception_nfe"] == pytest.approx(sum(counter.per_sample) / 4, abs=0.05)
+    assert out["fid_inception_nfe"] > 2
+    assert out["fid_inception_atol"] == 1e-3 and out["fid_inception_rtol"] == 1e-2  # the sampler's tolerances
+
+
+def test_fid_evaluation_replaces_its_family_in_eval_json(runs):
+    """A second FID evaluation with other settings leaves none of the first one's keys behind."""
+    from genkit.eval.runs import record_eval
+
+    root, _, flow = runs
+    before = json.loads((flow / "eval.json").read_text())
+    first = fid.evaluate_fid(fid_config(root, flow, nfe=(1, 2), floor=True), extractor=ChannelMoments())
+    record_eval(flow, "fid_inception", first)
+    assert {"fid_inception_nfe1", "fid_inception_floor_train_vs_test"} <= set(json.loads((flow / "eval.json").read_text()))
+    second = fid.evaluate_fid(fid_config(root, flow, nfe=(2,), weights="raw"), extractor=ChannelMoments())
+    record_eval(flow, "fid_inception", second)
+    after = json.loads((flow / "eval.json").read_text())
+    assert after == {k: v for k, v in before.items() if not k.startswith("fid_inception")} | second
+    assert "fid_inception_nfe1" not in after and "fid_inception_floor_train_vs_test" not in after
+    assert after["fid_inception_weights"] == "raw" and after["fid_inception_step"] == 2
+    assert record_eval(flow, "fid_inception", {}) == after  # nothing evaluated (a curve's older checkpoint): kept
+
+
+def test_subset_of_a_split_sorted_by_class_holds_every_class(image_folder):
+    """Fewer images than the split: a fixed seeded random subset, not the first N (one class here)."""
+    from types import SimpleNamespace
+
+    from genkit.data.images import load_images, load_labels
+    from genkit.eval.runs import eval_images, subset_description, subset_indices
+
+    labels, _ = load_labels("imagefolder", root=image_folder, split="test")
+    assert len(labels) == 32 and labels[:8].unique().numel() == 1  # the first 8: all "dark"
+    index = subset_indices(32, 8)
+    assert torch.equal(index, subset_indices(32, 8)) and index.tolist() == sorted(set(index.tolist()))
+    assert labels[index].unique().numel() == 2
+    data = SimpleNamespace(dataset="imagefolder", root=image_folder, download=False)
+    images, total = eval_images(data, "test", 8)
+    assert total == 32 and torch.equal(images, load_images("imagefolder", root=image_folder, split="test")[index])
+    assert subset_indices(32, 32) is None and subset_indices(32, 40) is None and len(eval_images(data, "test", 0)[0]) == 32
+    assert subset_description(32, 8) == "seeded random 8 of 32 (seed 0)" and subset_description(32, 40) == "all 32"
+
+
+def test_default_stats_cache_stays_outside_a_flat_image_folder(tmp_path):
+    """A flat ImageFolder (class folders at its root): the cache must not become a class of images; two
+    folders sharing a --stats-dir keep their own statistics."""
+    import shutil
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from genkit.data.images import load_images
+
+    flat = tmp_path / "flat"
+    for i, cls in enumerate(("a", "b")):
+        (flat / cls).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(np.full((8, 8, 3), 60 * i + 10 * j, dtype=np.uint8)).save(flat / cls / f"{j}.png")
+    data = SimpleNamespace(dataset="imagefolder", root=flat, download=False)
+    ref = fid.reference_stats(data, "test", ChannelMoments(), n=4, batch_size=4, stats_dir=None, device="cpu")
+    assert ref.path.is_file() and ref.path.parent == tmp_path / "flat-fid_stats" and ref.n == 4
+    assert load_images("imagefolder", root=flat, split="test").shape == (6, 3, 8, 8)  # still two classes, 6 images
+    again = fid.reference_stats(data, "test", ChannelMoments(), n=4, batch_size=2, stats_dir=None, device="cpu")
+    assert again.path == ref.path and np.array_equal(again.mu, ref.mu)
+    copy = shutil.copytree(flat, tmp_path / "copy")
+    Image.fromarray(np.full((8, 8, 3), 255, dtype=np.uint8)).save(copy / "a" / "0.png")
+    other = fid.reference_stats(SimpleNamespace(dataset="imagefolder", root=copy, download=False), "test",
+                                ChannelMoments(), n=4, batch_size=4, stats_dir=ref.path.parent, device="cpu")
+    assert other.path.parent == ref.path.parent and other.path != ref.path and not np.array_equal(other.mu, ref.mu)
+
+
+def test_fid_config_refuses_options_it_would_ignore(tmp_path):
+    bad = {"--n must be >= 2": {"n": 1}, "--batch-size must be >= 1": {"batch_size": 0},
+           "--classifier is for --features classifier": {"classifier": tmp_path},
+           "--inception-weights is for --features inception": {"features": "classifier", "inception_weights": tmp_path},
+           "use it with --ref test": {"ref": "train", "floor": True}}
+    for message, kw in bad.items():
+        with pytest.raises(GenkitError, match=message):
+            fid.FIDConfig(run=tmp_path, **kw)
 
 
 def test_fid_cli_missing_checkpoint_is_one_line(runs, capsys):
