@@ -28,9 +28,18 @@ T = TypeVar("T")
 
 
 def recipes_dir() -> Path:
-    """Folder of TOML presets: ``$GENKIT_RECIPES`` or ``recipes/`` at the repository root."""
+    """Folder of TOML presets: ``$GENKIT_RECIPES`` if set; else ``recipes/`` of the source tree this
+    package runs from (a checkout or an editable install); else the copy installed with the package
+    (``genkit/presets``, package data of the wheel)."""
     env = os.environ.get("GENKIT_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "recipes"
+    if env:
+        return Path(env)
+    tree = Path(__file__).resolve().parents[1]
+    if (tree / "pyproject.toml").is_file() and (tree / "recipes").is_dir():
+        return tree / "recipes"
+    from importlib.resources import files
+
+    return Path(str(files("genkit") / "presets"))
 
 
 def available_presets(recipe: str) -> list[str]:
@@ -45,8 +54,10 @@ def load_preset(recipe: str, name: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise GenkitError(f"preset {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise GenkitError(f"cannot read preset {path} ({e.strerror or e}): check the file") from None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -74,7 +85,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if len(inner) != len(value):
             raise GenkitError(f"{where} needs {len(inner)} values, got {len(value)}")
         return tuple(_coerce(a, v, where) for a, v in zip(inner, value))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp in (int, float) and isinstance(value, bool):  # (a bool is an int to Python: `steps = true` is 1)
+        raise GenkitError(f"{where} must be {tp.__name__}, got {value!r}")
+    if tp is float and isinstance(value, int):
         return float(value)
     if tp is Path and isinstance(value, str):
         return Path(value)
@@ -104,12 +117,15 @@ def apply_overrides(config: T, overrides: Mapping[str, Any], where: str = "") ->
 
 
 def _preset_from_argv(argv: Sequence[str]) -> str | None:
+    """The ``--preset`` of the command line; the last one if given twice (as for every flag, and as the
+    config then records it)."""
+    preset = None
     for i, arg in enumerate(argv):
         if arg == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--preset="):
-            return arg.split("=", 1)[1]
-    return None
+            preset = argv[i + 1]
+        elif arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+    return preset
 
 
 def parse_config(config_cls: Callable[[], T], recipe: str, argv: Sequence[str] | None = None, description: str = "") -> T:
@@ -165,7 +181,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise GenkitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # (mps, meta, xpu...: genkit runs on CPUs and CUDA)
+        raise GenkitError(f"unknown or unsupported device '{name}': use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenkitError(f"device '{name}' requested but CUDA is not available: use --device cpu")
     if device.type == "cuda" and device.index is None:  # this process's GPU: torchrun's LOCAL_RANK, else 0
@@ -174,6 +192,17 @@ def resolve_device(name: str) -> torch.device:
         raise GenkitError(f"--device {name} under torchrun would put every rank on one GPU: use --device cuda "
                           "(each rank takes the GPU of its LOCAL_RANK)")
     return device
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse, in one line, an ``--out`` that cannot become a folder: a file, or a path through one."""
+    out = Path(out)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == out else f" ({path} is a file)"
+                raise GenkitError(f"--out {out} is a file{where}: pass a folder")
+            return
 
 
 def run_recipe(config: Any, run: Callable[[Any, torch.device, Any], int]) -> int:
@@ -190,6 +219,7 @@ def run_recipe(config: Any, run: Callable[[Any, torch.device, Any], int]) -> int
     if config.dry_run:
         print_config(config)
         return 0
+    check_out_folder(config.out)
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

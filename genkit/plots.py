@@ -153,10 +153,13 @@ def save_image_grid(images: Tensor, path: PathLike, *, nrow: int | None = None) 
         path: output PNG file.
         nrow: images per row; default ``ceil(sqrt(B))`` (a square-ish grid).
 
-    The ``[-1, 1] -> [0, 1]`` map here, followed by torchvision's uint8 rounding, is the
-    library's one conversion for saving images.
+    Pixels are :func:`genkit.data.images.to_uint8` of the images, the library's one conversion
+    out of ``[-1, 1]`` (the one FID uses too); tiles are separated by 2 black pixels.
     """
-    from torchvision.utils import save_image
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    from genkit.data.images import to_uint8
 
     if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[0] < 1:
         raise GenkitError(f"images must have shape (B, C in {{1, 3}}, H, W), got {tuple(images.shape)}")
@@ -164,9 +167,10 @@ def save_image_grid(images: Tensor, path: PathLike, *, nrow: int | None = None) 
         raise GenkitError(f"images must be float in [-1, 1], got {images.dtype}")
     if nrow is None:
         nrow = math.ceil(math.sqrt(images.shape[0]))
-    grid = ((images.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+    grid = make_grid(to_uint8(images.detach().cpu()), nrow=nrow, padding=2)  # uint8 (3, H', W'); (C, H, W) for B = 1
+    grid = grid.expand(3, -1, -1) if grid.shape[0] == 1 else grid
     with _atomic_png(path) as tmp:
-        save_image(grid, tmp, nrow=nrow, padding=2, format="png")
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="png")
 
 
 def _save_figure(draw: Callable, path: PathLike, title: str, *, panels: int = 1) -> None:

@@ -41,6 +41,28 @@ def test_save_image_grid(tmp_path):
         assert im.convert("L").getextrema() == (0, 0)  # -1 maps to black
 
 
+def test_save_image_grid_pixels_are_to_uint8(tmp_path):
+    """The grid holds exactly genkit.data.images.to_uint8 of the image (the one conversion out of [-1, 1]):
+    steps of 1/255 land on the half levels, where torchvision's own rounding (floor(255 x + 0.5)) differs."""
+    import numpy as np
+    from PIL import Image
+
+    from genkit.data.images import to_uint8
+
+    x = torch.linspace(-1, 1, 511).view(1, 1, 7, 73)
+    images = torch.cat([x, -x])
+    out = tmp_path / "grid.png"
+    save_image_grid(images, out, nrow=2)
+    with Image.open(out) as im:
+        grid = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)  # (3, 2 + 7 + 2, 2 + 2 * (73 + 2))
+    assert grid.shape == (3, 11, 152)
+    want = to_uint8(images).expand(2, 3, 7, 73)
+    assert torch.equal(grid[:, 2:9, 2:75], want[0]) and torch.equal(grid[:, 2:9, 77:150], want[1])
+    save_image_grid(x, out)  # one image: no padding
+    with Image.open(out) as im:
+        assert torch.equal(torch.from_numpy(np.array(im.convert("L"))), to_uint8(x)[0, 0])
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(GenkitError):
         save_scatter(torch.zeros(10, 3), tmp_path / "bad.png")
@@ -52,18 +74,18 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 
 def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
-    import torchvision.utils
+    from PIL import Image
 
     out = tmp_path / "grid.png"
     save_image_grid(torch.zeros(1, 1, 4, 4), out)
     before = out.read_bytes()
 
-    def broken_save(tensor, fp, **kwargs):
+    def broken_save(image, fp, *args, **kwargs):
         with open(fp, "wb") as f:
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torchvision.utils, "save_image", broken_save)
+    monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_image_grid(torch.ones(1, 1, 4, 4), out)
     assert out.read_bytes() == before

@@ -3,7 +3,7 @@
 torchvision is imported inside :func:`load_images` only, so importing this module is light.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +53,10 @@ def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Tens
                 dataset = cls(root=str(root), train=train, download=True)
             except Exception:  # no network, mirror down, bad checksum: report the files below
                 dataset = None
+    except Exception as e:  # noqa: BLE001 -- files present but unreadable: torchvision raises ValueError, EOFError...
+        folder = _expected_files(cls, root)[0].parent
+        raise GenkitError(f"{name}: files in {folder} are damaged or incomplete ({type(e).__name__}): "
+                          "copy them again") from None
     if dataset is None:
         expected = _expected_files(cls, root)
         missing = [p for p in expected if not p.is_file()]
@@ -60,7 +64,7 @@ def _load_torchvision(name: str, root: Path, split: str, download: bool) -> Tens
             f"files in {expected[0].parent} fail torchvision's checksum"
         )
         todo = "the download failed, so put the files there by hand" if download else (
-            "put the files there or pass download=True"
+            "put the files there, or let them be downloaded (download=True; on the command line --data.download)"
         )
         raise GenkitError(f"{name} data not found: {problem}; {todo}")
     data = dataset.data
@@ -134,19 +138,39 @@ def load_images(
     return _load_torchvision(name, root, split, download)
 
 
-def load_labels(name: str, *, root: str | Path, split: Literal["train", "test"] = "train") -> tuple[Tensor, list[str]]:
+def load_labels(
+    name: str,
+    *,
+    root: str | Path,
+    split: Literal["train", "test"] = "train",
+    classes: Sequence[str] | None = None,
+) -> tuple[Tensor, list[str]]:
     """Labels ``(N,)`` int64 of the images :func:`load_images` returns (same order), and the class names.
 
+    ``classes``: number the labels by these names (those of the training split, for a test split
+    whose folder holds only some classes), returned as the class names; a class of the split that
+    ``classes`` lacks is a :class:`GenkitError`. Default: the split's own classes.
     Call it after ``load_images`` succeeded: the files are then known to be there.
     """
     root = Path(root).expanduser()
     if name == "imagefolder":
         from torchvision.datasets import ImageFolder
 
-        dataset = ImageFolder(str(_split_folder(root, split)))
-        return torch.tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
-    dataset = _torchvision_class(name)(root=str(root), train=split == "train", download=False)
-    return torch.as_tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
+        folder = _split_folder(root, split)
+        dataset = ImageFolder(str(folder))
+    else:
+        folder = root
+        dataset = _torchvision_class(name)(root=str(root), train=split == "train", download=False)
+    labels, found = torch.as_tensor(dataset.targets, dtype=torch.long), list(dataset.classes)
+    if classes is None or list(classes) == found:
+        return labels, found
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in found if c not in index]
+    if unknown:
+        raise GenkitError(f"the {split} images in {folder} have classes {unknown} that {list(classes)} lacks: "
+                          "remove those folders or add the classes to the training images")
+    renumber = torch.tensor([index[c] for c in found], dtype=torch.long)
+    return renumber[labels], list(classes)
 
 
 def to_float(x: Tensor) -> Tensor:

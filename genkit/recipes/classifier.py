@@ -201,15 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_recipe(cfg, run)
 
 
-def _split(cfg: ClassifierConfig, split: str) -> tuple[Tensor, Tensor, list[str]]:
+def _split(cfg: ClassifierConfig, split: str, classes: Sequence[str] | None = None) -> tuple[Tensor, Tensor, list[str]]:
+    """uint8 images, labels and class names of ``split``; labels numbered by ``classes`` if given (the train
+    split's: an ImageFolder test split may hold only some of them)."""
     d = cfg.data
     images = load_images(d.dataset, root=d.root, split=split, download=d.download)
-    labels, classes = load_labels(d.dataset, root=d.root, split=split)
+    labels, classes = load_labels(d.dataset, root=d.root, split=split, classes=classes)
     return images, labels, classes
 
 
 def run(cfg: ClassifierConfig, device: torch.device, info: distributed.DistInfo) -> int:
     images, labels, classes = _split(cfg, "train")
+    if cfg.data.dataset == "imagefolder":  # a test class the training images lack: refused before training
+        load_labels(cfg.data.dataset, root=cfg.data.root, split="test", classes=classes)
     shape = tuple(images.shape[1:])
     torch.manual_seed(cfg.seed)  # the one global seed: model initialisation
     net = build_net(to_jsonable(cfg.model), shape, len(classes)).to(device)
@@ -224,7 +228,7 @@ def run(cfg: ClassifierConfig, device: torch.device, info: distributed.DistInfo)
     if result.interrupted:
         return report_stop(result, info)
     if info.is_main:
-        test_images, test_labels, _ = _split(cfg, "test")
+        test_images, test_labels, _ = _split(cfg, "test", classes)
         m = evaluate(trainer.ema["model"].module, test_images, test_labels, batch_size=cfg.eval.batch_size, device=device)
         update_eval(cfg.out, {**result.eval_fields(), "weights": "ema", "test_accuracy": m["accuracy"],
                               "test_loss": m["loss"], "n_test": len(test_images), "feature_dim": cfg.model.feature_dim})

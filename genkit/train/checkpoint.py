@@ -181,6 +181,48 @@ def check_compatible(path: str | Path, *, recipe: str, models: Mapping[str, nn.M
     return card
 
 
+RESUME_MAY_CHANGE = frozenset({
+    "preset", "out", "device", "dry_run", "data.root", "data.download",
+    "train.steps", "train.time_limit", "train.log_every", "train.sample_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.tensorboard", "train.progress", "train.compile", "train.compile_mode",
+    "train.precision", "pairs.compile", "sample", "eval",
+})
+"""Run-config settings (dotted names; a section stands for all of its fields) that a resumed run may change:
+how long and how verbosely it trains, where it runs and finds its data, how it is judged. Every other
+setting (data set, model, optimizer, objective, seed, stage, teacher, batch size...) is what the
+checkpoint was trained with."""
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(path: str | Path, config: Mapping[str, Any]) -> None:
+    """Refuse, in one line, to resume checkpoint ``path`` under a run config that differs from the one it was
+    trained with in a setting outside :data:`RESUME_MAY_CHANGE` (compared where both configs have it)."""
+    saved = _flatten(read_card(path).get("config", {}))
+    new = _flatten(json.loads(json.dumps(dict(config), default=str)))  # as config.json would hold it
+
+    def may_change(key: str) -> bool:
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in RESUME_MAY_CHANGE for i in range(1, len(parts) + 1))
+
+    differ = [k for k in sorted(saved.keys() & new.keys()) if saved[k] != new[k] and not may_change(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {saved[k]!r} -> {new[k]!r}" for k in differ[:4]) + ("; ..." if len(differ) > 4 else "")
+        raise GenkitError(
+            f"{Path(path).parent.parent} holds a run trained with other settings ({shown}): resuming it would mix "
+            "them; use another --out folder, or the settings it was trained with"
+        )
+
+
 def load_weights(path: str | Path, name: str, model: nn.Module, *, ema: bool = False) -> None:
     """Load ``<name>[.ema].safetensors`` from checkpoint ``path`` into ``model`` (strict)."""
     file = Path(path) / (f"{name}.ema.safetensors" if ema else f"{name}.safetensors")

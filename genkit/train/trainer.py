@@ -74,6 +74,18 @@ def _set_numpy_rng_state(state: Mapping[str, Any]) -> None:
                          float(state["cached_gaussian"])))
 
 
+def _to_cpu(state: Any) -> Any:
+    """``state`` with every tensor (in nested dicts, lists, tuples) moved to the CPU: gathered from every
+    rank as Python objects, tensors must not carry one rank's GPU to another."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, Mapping):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_to_cpu(v) for v in state)
+    return state
+
+
 class _Clock:
     """Seconds of training: those before this ``fit`` plus the wall time since it began,
     less the time spent inside :meth:`paused` (snapshots, checkpoint writes)."""
@@ -130,7 +142,9 @@ class TrainConfig:
     sample_every: int = 1000
     """snapshot (sample grids) every this many steps (0: only at the end)"""
     checkpoint_every: int = 1000
+    """write a checkpoint every this many steps (0: only at the end of the run and when it is stopped)"""
     keep_checkpoints: int = 3
+    """how many of the newest checkpoints to keep (0: keep every checkpoint)"""
     tensorboard: bool = True
     progress: bool = True
 
@@ -192,7 +206,8 @@ class Trainer:
         run_dir: run folder (``None``: no files at all); checkpoints go to ``run_dir/checkpoints``.
         recipe, run_config: written into each checkpoint card, and ``run_config`` as
             ``run_dir/config.json`` when ``fit`` starts: after the resume check, so that a refused
-            command (a checkpoint of another recipe or shape) leaves the folder as it was.
+            command (a checkpoint of another recipe or shape, or trained under a ``run_config`` that
+            differs outside :data:`~genkit.train.checkpoint.RESUME_MAY_CHANGE`) leaves the folder as it was.
         update_every: optimizer name -> step that optimizer every k-th step (default 1).
         snapshot: called on rank 0 as ``snapshot(ema_models, step)`` every ``sample_every`` steps.
         callbacks: called as ``cb(trainer)`` after every step.
@@ -271,8 +286,12 @@ class Trainer:
         """Train to ``config.steps`` (resuming from the run folder's latest checkpoint)."""
         self._resume()
         if self.run_dir is not None and self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.write_json_atomic(self.run_dir / "config.json", self.run_config)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.write_json_atomic(self.run_dir / "config.json", self.run_config)
+            except OSError as e:  # a file in the way, no permission, a full disk
+                raise GenkitError(f"cannot write the run folder {self.run_dir} ({e.strerror or e}): "
+                                  "pass a folder you can write to") from None
         logger = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=self.config.tensorboard)
         logger.open(self.step)
         bar = tqdm(total=self.config.steps, initial=self.step, unit="step", dynamic_ncols=True,
@@ -437,10 +456,12 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything besides weights needed to continue bit for bit (tensors and plain values, loadable with
         ``torch.load(weights_only=True)``), RNG states included: torch's (CPU and CUDA), Python's ``random``
-        and numpy's global ``np.random``, one set per rank."""
+        and numpy's global ``np.random``, one set per rank, and the objective's state, also one per rank."""
         rng = {"torch": torch.get_rng_state(), "python": _python_rng_state(), "numpy": _numpy_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        # per rank, as the RNG states: an objective's state may differ between ranks (MonoFlow's current round)
+        objective = _to_cpu(self.objective.state_dict()) if hasattr(self.objective, "state_dict") else {}
         return {
             "step": self.step,
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
@@ -448,7 +469,7 @@ class Trainer:
             "ema_updates": dict(self._ema_updates),
             "train_seconds": self.train_seconds,
             "data": self.data.state_dict(),
-            "objective": self.objective.state_dict() if hasattr(self.objective, "state_dict") else {},
+            "objective": self._gather(objective),
             "rng": self._gather(rng),
             "world_size": self.dist.world_size,
         }
@@ -459,6 +480,13 @@ class Trainer:
         out: list[Any] = [None] * self.dist.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
+
+    def _own_entry(self, entries: Any) -> Any:
+        """This rank's entry of a per-rank list from :meth:`_gather` (rank 0's if the checkpoint was written by
+        another number of ranks); a plain mapping (checkpoints before per-rank objective states) is everyone's."""
+        if not isinstance(entries, list):
+            return entries
+        return entries[self.dist.rank] if len(entries) == self.dist.world_size else entries[0]
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; all ranks take part)."""
@@ -484,6 +512,7 @@ class Trainer:
         if path is None:
             return
         ckpt.check_compatible(path, recipe=self.recipe, models=self.models)
+        ckpt.check_same_run(path, self.run_config)  # the same data, model, seed...: not only the same shapes
         state = ckpt.load_trainer_state(path)
         for n, m in self.models.items():
             ckpt.load_weights(path, n, m)
@@ -494,9 +523,8 @@ class Trainer:
         self._ema_updates = dict(state["ema_updates"])
         self.data.load_state_dict(state["data"])
         if hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(state.get("objective", {}))
-        rngs = state["rng"]
-        rng = rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0]
+            self.objective.load_state_dict(self._own_entry(state.get("objective", {})))
+        rng = self._own_entry(state["rng"])
         torch.set_rng_state(rng["torch"])
         if "python" in rng:  # (checkpoints written before these were saved lack them)
             _set_python_rng_state(rng["python"])

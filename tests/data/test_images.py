@@ -5,7 +5,7 @@ import struct
 import pytest
 import torch
 
-from genkit.data import ImageStream, load_images, to_float, to_uint8
+from genkit.data import ImageStream, load_images, load_labels, to_float, to_uint8
 from genkit.errors import GenkitError
 
 MNIST_FILES = {
@@ -49,7 +49,23 @@ def test_missing_mnist_offline_names_the_files(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert str(tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte") in message
-    assert "t10k-labels-idx1-ubyte" in message and "download=True" in message
+    assert "t10k-labels-idx1-ubyte" in message and "download=True" in message and "--data.download" in message
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_damaged_mnist_files_are_a_one_line_error(tmp_path, download, monkeypatch):
+    from torchvision import datasets
+
+    monkeypatch.setattr(datasets.MNIST, "download", lambda self: pytest.fail("tried to download"))
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "test"):
+        for name in MNIST_FILES[split]:
+            (raw / name).write_bytes(b"")  # present, empty
+    with pytest.raises(GenkitError) as info:
+        load_images("mnist", root=tmp_path, download=download)
+    message = str(info.value)
+    assert "\n" not in message and f"files in {raw} are damaged or incomplete" in message and "copy them again" in message
 
 
 def test_failed_download_falls_through_to_the_error(tmp_path, monkeypatch):
@@ -97,6 +113,21 @@ def test_imagefolder_loads_with_and_without_split(tmp_path):
     x = load_images("imagefolder", root=tmp_path / "flat")
     assert x.dtype == torch.uint8 and torch.equal(x, pixels)  # PNG is lossless
     assert torch.equal(load_images("imagefolder", root=tmp_path / "split", split="test"), pixels.flip(0))
+
+
+def test_imagefolder_labels_follow_the_given_classes(tmp_path):
+    """A test split holding only some of the training classes is labelled by the training classes' names."""
+    for split, classes in (("train", ("cat", "dog", "fox")), ("test", ("dog", "fox"))):
+        for c in classes:
+            _write_png(tmp_path / split / c / "a.png", torch.zeros(3, 4, 4, dtype=torch.uint8))
+    train_labels, train_classes = load_labels("imagefolder", root=tmp_path, split="train")
+    assert train_classes == ["cat", "dog", "fox"] and train_labels.tolist() == [0, 1, 2]
+    assert load_labels("imagefolder", root=tmp_path, split="test")[0].tolist() == [0, 1]  # its own numbering
+    labels, classes = load_labels("imagefolder", root=tmp_path, split="test", classes=train_classes)
+    assert labels.tolist() == [1, 2] and labels.dtype == torch.long and classes == train_classes
+    with pytest.raises(GenkitError, match=r"classes \['dog'\] that \['cat', 'fox'\] lacks") as info:
+        load_labels("imagefolder", root=tmp_path, split="test", classes=["cat", "fox"])
+    assert "\n" not in str(info.value)
 
 
 def test_imagefolder_errors(tmp_path):

@@ -138,3 +138,36 @@ def test_classifier_features_errors(trained_run, tmp_path):
         features(torch.zeros(2, 1, 28, 28))
     with pytest.raises(GenkitError, match="no classifier checkpoint"):
         ClassifierFeatures(tmp_path)
+
+
+def _image_folder(root, classes_per_split, generator):
+    """PNG folders ``root/<split>/<class>/<i>.png`` of 8x8 RGB noise: cat pixels in {0..99}, dog in
+    {156..255}, bird in {100..155} (separable by the mean)."""
+    from PIL import Image
+
+    low = {"cat": 0, "bird": 100, "dog": 156}
+    for split, (classes, n) in classes_per_split.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(low[c], low[c] + 100 if c != "bird" else 156, (8, 8, 3), generator=generator)
+                Image.fromarray(pixels.to(torch.uint8).numpy()).save(root / split / c / f"{i}.png")
+
+
+def test_imagefolder_test_split_is_scored_against_the_training_classes(tmp_path, capsys):
+    """A test folder holding only `dog` is labelled 1 (train classes ['cat', 'dog']), not 0: the trained
+    classifier scores near 100% on it, where its own numbering would give near 0%. A test class that the
+    training images lack is refused before training."""
+    g = torch.Generator().manual_seed(0)
+    _image_folder(tmp_path / "data", {"train": (("cat", "dog"), 32), "test": (("dog",), 16)}, g)
+    # (FAST[:-1]: without --data.no-download, which is for torchvision sets)
+    flags = [*FAST[:-1], "--data.dataset", "imagefolder", "--data.root", str(tmp_path / "data")]
+    assert run_main(classifier.main, [*flags, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["n_test"] == 16 and result["test_accuracy"] >= 0.9, result
+
+    _image_folder(tmp_path / "data", {"test": (("bird",), 2)}, g)
+    assert run_main(classifier.main, [*flags, "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert "classes ['bird'] that ['cat', 'dog'] lacks" in err and err.count("\n") == 1
+    assert not (tmp_path / "run2" / "checkpoints").exists()

@@ -241,6 +241,94 @@ def test_resume_refuses_other_recipe_and_shape(tmp_path):
         t.fit()
 
 
+def test_resume_refuses_another_run_config_and_allows_more_steps(tmp_path):
+    """A checkpoint trained under one run config is not resumed under another data set, seed or optimizer
+    (refused before config.json is rewritten); the steps, cadences, device and evaluation may change."""
+    first = flow_trainer(tmp_path, 4)
+    first.run_config = {"recipe": "test", "seed": 0, "data": {"dataset": "8gaussians", "root": "data"},
+                        "optim": {"lr": 1e-3},
+                        "train": {"steps": 4, "batch_size": 64, "log_every": 5}, "sample": {"n_eval": 10}}
+    first.fit()
+    card = (tmp_path / "config.json").read_text()
+    for change, named in (({"data": {"dataset": "moons", "root": "data"}}, "data.dataset: '8gaussians' -> 'moons'"),
+                          ({"seed": 1}, "seed: 0 -> 1"), ({"optim": {"lr": 0.1}}, "optim.lr: 0.001 -> 0.1"),
+                          ({"train": {"steps": 8, "batch_size": 32, "log_every": 5}}, "train.batch_size: 64 -> 32")):
+        other = flow_trainer(tmp_path, 8)
+        other.run_config = first.run_config | change
+        with pytest.raises(GenkitError, match="other settings") as info:
+            other.fit()
+        assert named in str(info.value) and "another --out" in str(info.value)
+        assert (tmp_path / "config.json").read_text() == card
+    more = flow_trainer(tmp_path, 8, log_every=1)
+    more.run_config = first.run_config | {"train": {"steps": 8, "batch_size": 64, "log_every": 1},
+                                          "sample": {"n_eval": 99}, "device": "cuda", "extra": 1,
+                                          "data": {"dataset": "8gaussians", "root": "/elsewhere"}}
+    assert more.fit().step == 8
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 8
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_run_dir_that_cannot_be_a_folder_is_a_one_line_error(tmp_path, sub):
+    (tmp_path / "afile").write_text("x")
+    run_dir = tmp_path / "afile" / sub if sub else tmp_path / "afile"
+    with pytest.raises(GenkitError, match="cannot write the run folder") as info:
+        flow_trainer(run_dir, 2).fit()
+    assert "\n" not in str(info.value) and (tmp_path / "afile").read_text() == "x"
+
+
+class RankRound:
+    """Flow matching whose state differs between ranks, as MonoFlow's round (its z and target) does."""
+
+    def __init__(self, value):
+        self.inner, self.value = FlowMatching(AffinePath(LinearSchedule())), torch.tensor([float(value)])
+
+    def __call__(self, models, batch, *, need, generator=None):
+        return self.inner(models, batch, need=need, generator=generator)
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+def test_objective_state_is_saved_and_restored_per_rank(tmp_path, monkeypatch):
+    """Under DDP every rank's objective state goes into the checkpoint (gathered like the RNG states) and
+    each rank gets its own back; a checkpoint of one objective state for all (older ones) still loads.
+    (Two ranks are simulated: the gathering and the barrier are stood in for.)"""
+    from genkit.train import distributed
+    from genkit.train.distributed import DistInfo
+
+    t = flow_trainer(tmp_path, 3)
+    t.objective = RankRound(0)
+    t.dist = DistInfo(rank=0, world_size=2)
+    t._gather = lambda obj: [obj, {"value": torch.tensor([1.0])} if "value" in obj else obj]  # rank 1's state
+    state = t.state_dict()
+    assert [s["value"].item() for s in state["objective"]] == [0.0, 1.0]
+
+    del t._gather
+    t.dist = DistInfo()
+    t.fit()  # a one-rank checkpoint, turned into a two-rank one below
+    path = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    saved = ckpt.load_trainer_state(path)
+    assert [s["value"].item() for s in saved["objective"]] == [0.0]
+    saved["objective"] = [{"value": torch.tensor([5.0])}, {"value": torch.tensor([6.0])}]
+    saved["rng"], saved["world_size"] = saved["rng"] * 2, 2
+    torch.save(saved, path / "trainer.pt")
+    monkeypatch.setattr(distributed, "barrier", lambda info: None)
+    for rank, want in ((0, 5.0), (1, 6.0)):
+        r = flow_trainer(tmp_path, 3)
+        r.objective, r.dist = RankRound(-1), DistInfo(rank=rank, world_size=2)
+        r._resume()
+        assert r.objective.value.item() == want
+    saved["objective"] = {"value": torch.tensor([7.0])}  # as checkpoints before per-rank states held it
+    torch.save(saved, path / "trainer.pt")
+    r = flow_trainer(tmp_path, 3)
+    r.objective, r.dist = RankRound(-1), DistInfo(rank=1, world_size=2)
+    r._resume()
+    assert r.objective.value.item() == 7.0
+
+
 class NaNAfter:
     """Flow matching whose loss turns NaN from call `k` on."""
 
