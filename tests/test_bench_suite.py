@@ -183,7 +183,7 @@ def test_gans_dry_run_plans_four_gans_their_curves_and_the_comparison(shared, tm
         recipe = "monoflow" if run.startswith("monoflow") else "reflow_gan"
         assert commands[f"mnist-{run}"] == (
             f"python -m genkit.recipes.{recipe} --preset mnist --out {work / f'mnist-{run}'} {objective} --data.root "
-            f"{tmp_path / 'd'} --data.no-download --device auto --train.steps 1000000 --train.keep-checkpoints 0 "
+            f"{tmp_path / 'd'} --data.no-download --device auto --train.batch-size 64 --train.steps 1000000 --train.keep-checkpoints 0 "
             f"--train.checkpoint-every {every} --train.sample-every {grids} --train.time-limit 4")
         assert (f"--run {work / f'mnist-{run}'} --features classifier --classifier {work / 'mnist-classifier'} --ref test "
                 "--n 10000 --checkpoints missing --device auto") in commands[f"mnist-{run}-fid"]
@@ -340,6 +340,18 @@ def test_generator_steps_follow_the_recipes_own_update_ratios():
     assert ratio("monoflow", ["--preset", "mnist", "--objective.form", "particle", "--objective.g-steps", "3"]) == 1
     assert ratio("monoflow", ["--preset", "mnist", "--objective.d-steps", "2"]) == 2
     assert ratio("reflow_gan", ["--preset", "mnist", "--objective.kind", "wgan_gp"]) == 5
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+@pytest.mark.parametrize("part", ["gans-mnist", "gans-cifar"])
+def test_gan_runs_train_on_the_same_data(part, smoke, tmp_path):
+    """The comparison's runs differ in objective, networks and optimiser only: same images, flips and batch."""
+    parsers = _parsers()
+    cfg = suite.SuiteConfig(part=part, smoke=smoke, work=tmp_path)
+    configs = [parsers[s.module](s.argv(None)[2:]) for s in suite.plan(cfg) if s.module in suite.GAN_RECIPES]
+    assert len(configs) == 4
+    assert len({(c.data.dataset, str(c.data.root), c.data.hflip, c.train.batch_size) for c in configs}) == 1
+    assert configs[0].train.batch_size == (16 if smoke else suite.GAN_BATCH)
 
 
 @pytest.mark.parametrize("keep_going", [False, True])

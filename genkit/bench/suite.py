@@ -58,11 +58,12 @@ start-up and the final evaluation come on top). ``--smoke`` also runs every comm
 the issue's 15 minutes.
 
 The gans parts (issue 5) train each GAN for the same minutes (``--mnist-gan-minutes``,
-``--cifar-gan-minutes``) with all checkpoints kept. Checkpoints fall on the same generator steps in
-every run: every ``k`` generator steps, ``k`` the guessed generator steps of the slowest run (from
-``--rates.*``, the guessed Trainer steps per second, and each recipe's update ratio) over
-``--gan-points``; a faster run gets more checkpoints, and about ``--gan-points`` sample grids. A FID-C
-step per run evaluates the checkpoints its ``fid_curve.json`` lacks, and ``genkit.eval.compare``
+``--cifar-gan-minutes``) on the same data (no flips, batch 64: ``GAN_BATCH``) with all checkpoints
+kept; networks, Adam settings and update ratios stay each recipe's (MonoFlow 1:1, ReFlow-GAN and
+WGAN-GP 5:1). Checkpoints fall on the same generator steps in every run: every ``k`` generator
+steps, ``k`` the guessed generator steps of the slowest run (from ``--rates.*``, the guessed Trainer
+steps per second, and each recipe's update ratio) over ``--gan-points``; a faster run gets more
+checkpoints, and about ``--gan-points`` sample grids. A FID-C step per run evaluates the checkpoints its ``fid_curve.json`` lacks, and ``genkit.eval.compare``
 tables and plots the curves at equal generator steps and equal seconds (the table is in the
 summary). The FID-C classifier is the mnist or cifar
 part's (same step, same folder): trained once per work folder.
@@ -107,6 +108,9 @@ DATASETS: dict[str, Literal["mnist", "cifar"]] = {"mnist": "mnist", "cifar": "ci
 PRESETS = {"mnist": "mnist", "cifar": "cifar10"}
 """the recipes' preset of each data set"""
 GAN_RECIPES = ("genkit.recipes.monoflow", "genkit.recipes.reflow_gan")
+GAN_BATCH = 64
+"""the batch of every run of a gans part (the presets: MonoFlow 128, ReFlow-GAN/WGAN-GP 64), so that each
+generator step and each critic step sees as many samples in every run"""
 EXIT = {"done": 0, "failed": 1, "error": 2, "deadline": 3}
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -141,8 +145,8 @@ class Expect:
 
 @dataclass(frozen=True)
 class Rates:
-    """Guessed Trainer steps per second of the GAN recipes on the GPU (ReFlow-GAN's also for WGAN-GP: the
-    same networks), for checkpoint intervals only: adjust them from a summary's steps/s."""
+    """Guessed Trainer steps per second of the GAN recipes on the GPU at batch ``GAN_BATCH`` (ReFlow-GAN's also
+    for WGAN-GP: the same networks), for checkpoint intervals only: adjust them from a summary's steps/s."""
 
     monoflow_mnist: float = 150.0
     reflow_gan_mnist: float = 120.0
@@ -349,14 +353,16 @@ def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Ste
     Checkpoints fall on the same generator steps in every run (every ``k`` generator steps, ``k`` the
     guessed generator steps of the slowest run over ``--gan-points``), so the comparison at equal
     generator steps compares checkpoints of exactly equal generator steps; a faster run gets more
-    checkpoints. Sample grids: about ``--gan-points`` per run.
+    checkpoints. Sample grids: about ``--gan-points`` per run. Every run trains on the same data: its
+    preset's (the GAN presets agree, no flips) with the batch :data:`GAN_BATCH`. What stays each
+    recipe's own: networks, Adam settings and update ratio (MonoFlow 1:1, the critics 5:1).
     """
     ds = DATASETS[cfg.part]
     minutes = scale(cfg).mnist_gan_minutes if ds == "mnist" else scale(cfg).cifar_gan_minutes
     runs = [(f"monoflow-{h}", "monoflow", ("--objective.h", h)) for h in cfg.monoflow_h]
     runs += [(kind, "reflow_gan", ("--objective.kind", kind)) for kind in ("reflow_gan", "wgan_gp")]
-    base = {name: ("--preset", PRESETS[ds], *objective, *data, *(SMOKE_GAN if cfg.smoke else ()))
-            for name, _, objective in runs}
+    base = {name: ("--preset", PRESETS[ds], *objective, *data, "--train.batch-size", str(GAN_BATCH),
+                   *(SMOKE_GAN if cfg.smoke else ())) for name, _, objective in runs}
     ratio = {name: trainer_steps_per_generator_step(recipe, base[name]) for name, recipe, _ in runs}
     gen_steps = {name: getattr(cfg.rates, f"{recipe}_{ds}") * 60 * minutes / ratio[name] for name, recipe, _ in runs}
     k = max(1.0, min(gen_steps.values()) / cfg.gan_points)  # generator steps between checkpoints, every run

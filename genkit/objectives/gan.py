@@ -12,6 +12,7 @@ given interpolation times) are exposed so tests and :mod:`genkit.particles` reus
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genkit.errors import GenkitError
+from genkit.nn.gan_nets import check_no_batchnorm
 from genkit.objectives.base import LossOutput
 
 __all__ = [
@@ -73,6 +75,11 @@ def _models(models: Mapping[str, nn.Module], who: str, *names: str) -> list[nn.M
 def _latent(x_real: Tensor, latent_dim: int, generator: torch.Generator | None) -> Tensor:
     dtype = x_real.dtype if x_real.is_floating_point() else torch.get_default_dtype()
     return torch.randn(x_real.shape[0], latent_dim, generator=generator, device=x_real.device, dtype=dtype)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in a narrower float type (bf16/fp16 under autocast); float64 stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _check_positive(what: str, value: float) -> None:
@@ -195,7 +202,8 @@ class MonoFlow:
       it is then (under the Trainer, just updated: SPEC §3c), and the generator-only calls after
       it reuse both frozen; so ``update_every={"discriminator": k}`` gives ``k`` generator steps
       toward one target. They are kept in :meth:`state_dict`. (With gradient accumulation the
-      round's latents are the first micro-batch's.)
+      round's latents are the first micro-batch's.) The target and the MSE are computed in float32
+      (float64 stays) also under bf16 autocast, where ``x + step_size * v`` would round back to ``x``.
 
     ``h`` comes from :func:`h_function` (``shift`` applies to ``"softplus"`` only).
     Metrics: ``d_real``, ``d_fake`` (mean logits on data and fakes; their difference estimates
@@ -229,11 +237,11 @@ class MonoFlow:
             metrics["d_real"], metrics["d_fake"] = d_real.detach().mean(), d_fake.detach().mean()
         if "generator" in need and self.form == "particle":
             if self._z is None:  # a new round, against the discriminator as it is now
-                with torch.no_grad():
-                    x = g(z)
+                with torch.no_grad():  # in float32: under bf16 autocast x + eps v would round back to x
+                    x = _at_least_float32(g(z))
                 self._z, self._target = z, particle_target(d, x, h=self._h, step_size=self.step_size)
             z_frozen, target = self._z.to(x_real.device), self._target.to(x_real.device)
-            losses["generator"] = particle_matching_loss(g(z_frozen), target)
+            losses["generator"] = particle_matching_loss(_at_least_float32(g(z_frozen)), target)
         elif "generator" in need:
             losses["generator"] = -self._h(_per_sample(d(g(z)))).mean()
         if "discriminator" in need and self.form == "particle":
@@ -255,7 +263,10 @@ class MonoFlow:
 
 
 class _CriticGAN:
-    """Critic loss :func:`critic_loss_at` at ``t ~ U[0, 1]`` per sample; generator ``-E D(G(z))``."""
+    """Critic loss :func:`critic_loss_at` at ``t ~ U[0, 1]`` per sample; generator ``-E D(G(z))``.
+
+    A critic with BatchNorm is refused (GenkitError) on its first use: the penalty is per sample.
+    """
 
     def __init__(self, *, latent_dim: int, gp_weight: float, gp_center: float) -> None:
         if latent_dim < 1:
@@ -263,10 +274,18 @@ class _CriticGAN:
         if gp_weight < 0:
             raise GenkitError(f"gp_weight must be >= 0, got {gp_weight}")
         self.latent_dim, self.gp_weight, self.gp_center = latent_dim, gp_weight, gp_center
+        self._checked: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # critics already checked for BatchNorm
+
+    def _check_critic(self, critic: nn.Module) -> None:
+        """Refuse a critic with BatchNorm (the per-sample penalty needs samples that do not mix), once per module."""
+        if critic not in self._checked:
+            check_no_batchnorm(critic, f"{type(self).__name__} trains the critic with a per-sample gradient penalty")
+            self._checked.add(critic)
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Any, *, need: frozenset[str],
                  generator: torch.Generator | None = None) -> LossOutput:
         g, d = _models(models, type(self).__name__, "generator", "critic")
+        self._check_critic(d)
         x_real = _data(batch)
         z = _latent(x_real, self.latent_dim, generator)
         losses: dict[str, Tensor] = {}

@@ -117,8 +117,8 @@ class Players:
     ``objective`` is called with models ``{"generator", critic}``; ``critic`` is the second player's
     model and optimizer name; ``update_every`` is the Trainer's update ratio (``{"generator": 5}``:
     five critic steps per generator step); ``penalty`` says the critic's loss has a gradient penalty
-    (then BatchNorm is refused in it); ``toy_extra(out_dir, dataset, seed) -> dict`` adds
-    figures and metrics at the end of a 2-D run.
+    (then BatchNorm is refused in it, and so is ``--train.compile``: the penalty back-propagates twice);
+    ``toy_extra(out_dir, dataset, seed) -> dict`` adds figures and metrics at the end of a 2-D run.
     """
 
     objective: Objective
@@ -187,6 +187,9 @@ def main(recipe: str, config_cls: Callable[[], C], players: Callable[[C], Player
     cfg = parse_config(config_cls, recipe, argv, description=description)
     check_config(cfg)
     setup = players(cfg)
+    if setup.penalty and cfg.train.compile:
+        raise GenkitError("--train.compile cannot train a critic with a gradient penalty (torch.compile's "
+                          "aot_autograd has no double backward): run without --train.compile")
     return run_recipe(cfg, lambda cfg, device, info: _run(recipe, cfg, setup, device, info))
 
 

@@ -29,7 +29,7 @@ import torch
 
 from genkit.cli import run_main
 from genkit.errors import GenkitError
-from genkit.objectives.gan import H_FUNCTIONS, MonoFlow
+from genkit.objectives.gan import H_FUNCTIONS, MonoFlow, h_function
 from genkit.recipes import gan
 from genkit.recipes.gan import DataConfig, GANModelConfig, GANOptimConfig, GANSampleConfig, LoadedGAN, Players
 from genkit.train import TrainConfig
@@ -95,7 +95,7 @@ def players(cfg: MonoFlowConfig) -> Players:
                           "(the direct loss equals the flow only for one step, SPEC 3(b))")
     objective = MonoFlow(latent_dim=cfg.model.latent_dim, h=o.h, shift=o.shift, form=o.form, step_size=o.step_size)
     update_every = {"generator": o.d_steps} if o.g_steps == 1 else {"discriminator": o.g_steps}
-    picture = _particle_picture(o.h, cfg.sample.particle_steps) if cfg.sample.particle_steps else None
+    picture = _particle_picture(o.h, o.shift, cfg.sample.particle_steps) if cfg.sample.particle_steps else None
     return Players(objective, "discriminator", update_every, penalty=False, toy_extra=picture)
 
 
@@ -104,7 +104,11 @@ def players(cfg: MonoFlowConfig) -> Players:
 PARTICLE_N, PARTICLE_STEP_SIZE = 500, 0.02
 
 
-def _particle_picture(h: str, steps: int):
+def _particle_picture(h: str, shift: float, steps: int):
+    """``toy_extra`` drawing the particle flow with the run's ``h`` (``shift`` included) for ``steps`` moves."""
+    h_fn = h_function(h, shift=shift)
+    label = f"softplus(d + {shift:g})" if h == "softplus" else h
+
     def draw(out: Path, dataset: str, seed: int) -> dict:
         from genkit.data.toy import sample_toy
         from genkit.eval.distances import energy_distance
@@ -115,9 +119,9 @@ def _particle_picture(h: str, steps: int):
         g = torch.Generator().manual_seed(derive_seed(seed, "particles"))
         x_0 = torch.randn(PARTICLE_N, 2, generator=g)
         flow = particle_flow(x_0, lambda n, gen: sample_toy(dataset, n, generator=gen), steps=steps,
-                             step_size=PARTICLE_STEP_SIZE, h=h, generator=g)
+                             step_size=PARTICLE_STEP_SIZE, h=h_fn, generator=g)
         save_trajectories(flow.xs, out / "samples" / "particles.png",
-                          title=f"{dataset}: particle flow without generator, h = {h}")
+                          title=f"{dataset}: particle flow without generator, h = {label}")
         held_out, other = (sample_toy(dataset, PARTICLE_N,
                                       generator=torch.Generator().manual_seed(derive_seed(seed, purpose)))
                            for purpose in ("heldout", "heldout2"))

@@ -11,7 +11,8 @@ interpolates ``x_t = (1 - t) G(z) + t x_real``, ``t ~ U[0, 1]``; generator loss 
 ``--objective.gp-weight`` / ``--objective.gp-center`` override either. Both train
 ``--objective.critic-steps`` (5) critic steps per generator step with Adam(lr 1e-4, betas (0, 0.9)),
 as in the WGAN-GP paper (the post has no optimiser settings, SPEC 4(d)). The critic has no BatchNorm
-(LayerNorm in the DCGAN critic, none in the ResNet critic); one with BatchNorm is refused.
+(LayerNorm in the DCGAN critic, none in the ResNet critic); one with BatchNorm is refused, and so is
+``--train.compile`` (the penalty's double backward is not supported by torch.compile).
 Run folder as in :mod:`genkit.recipes.gan`. The same command with the same ``--out`` resumes.
 """
 

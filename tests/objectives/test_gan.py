@@ -13,6 +13,7 @@ from torch import nn
 from genkit.data.toy import GAUSSIANS_RADIUS, ToyStream, sample_toy
 from genkit.errors import GenkitError
 from genkit.eval.distances import energy_distance
+from genkit.nn.gan_nets import DCGANDiscriminator, DCGANGenerator
 from genkit.nn.mlp import MLP
 from genkit.objectives.gan import (
     H_FUNCTIONS,
@@ -362,6 +363,35 @@ def test_critic_objectives_wire_the_penalty(cls, weight, center):
     expected = -critic(x_real).mean() + critic(x_fake).mean() + weight * penalty
     torch.testing.assert_close(out.losses["critic"], expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out.metrics["gradient_penalty"], penalty)
+
+
+def test_particle_target_is_float32_under_bf16_autocast():
+    """Under bf16 autocast G(z) is bf16; the target x + eps v is built and kept in float32, else it rounds to x."""
+    torch.manual_seed(0)
+    gen, disc = MLP(4, 8, hidden=16, depth=1), MLP(8, 1, hidden=16, depth=1)
+    models = {"generator": gen, "discriminator": disc}
+    eps = 0.1
+    obj = MonoFlow(latent_dim=4, form="particle", step_size=eps)
+    x_real = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = obj(models, x_real, need=frozenset({"generator"}), generator=torch.Generator().manual_seed(2))
+        state = obj.state_dict()
+        x = gen(state["z"])
+        assert x.dtype == torch.bfloat16  # the case at hand: the generator's output is bf16
+        v = flow_velocity(disc, x.float(), h=H_FUNCTIONS["identity"])
+    assert state["target"].dtype == torch.float32 and out.losses["generator"].dtype == torch.float32
+    torch.testing.assert_close(state["target"] - x.float(), eps * v, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out.losses["generator"], (eps * v).pow(2).sum(1).mean(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("cls", [ReFlowGAN, WGANGP])
+def test_critic_objectives_refuse_a_batchnorm_critic(cls):
+    """The per-sample penalty needs a critic that does not mix samples: refused on first use, library too."""
+    gen = DCGANGenerator(4, 1, image_size=16, width=8)
+    critic = DCGANDiscriminator(1, image_size=16, width=8, norm="batch")
+    x_real = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(GenkitError, match="BatchNorm"):
+        cls(latent_dim=4)({"generator": gen, "critic": critic}, x_real, need=frozenset({"critic"}))
 
 
 # ---- contracts --------------------------------------------------------------------------------

@@ -108,6 +108,33 @@ def test_bad_objective_settings(capsys, tmp_path):
     assert not tmp_path.joinpath("config.json").exists()
 
 
+@pytest.mark.parametrize("kind", ["reflow_gan", "wgan_gp"])
+def test_compile_with_a_gradient_penalty_is_refused(kind, capsys, tmp_path):
+    """torch.compile's aot_autograd has no double backward: a one-line error, not a traceback at the first step."""
+    code, _, err = run("reflow_gan", ["--preset", "toy", "--objective.kind", kind, "--train.compile",
+                                      "--train.steps", "1", "--device", "cpu", "--out", str(tmp_path)], capsys)
+    assert "--train.compile" in one_line_error(code, err) and "double backward" in err
+    assert not tmp_path.joinpath("config.json").exists()
+
+
+def test_particle_picture_uses_the_configured_shift(monkeypatch, tmp_path):
+    """--objective.shift reaches the generator-free particle flow's h, not only the generator's."""
+    import genkit.particles
+
+    seen = {}
+
+    def fake_flow(x_0, data_sampler, *, h, **kwargs):
+        seen["h"] = h
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(genkit.particles, "particle_flow", fake_flow)
+    cfg = parse_config(monoflow.MonoFlowConfig, "monoflow",
+                       ["--preset", "toy", "--objective.h", "softplus", "--objective.shift", "2"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        monoflow.players(cfg).toy_extra(tmp_path, "8gaussians", 0)
+    torch.testing.assert_close(seen["h"](torch.zeros(1)), torch.nn.functional.softplus(torch.tensor([2.0])))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_toy_run_folder_resume_and_load_run(mode, capsys, tmp_path):
     recipe, flags = MODES[mode]
