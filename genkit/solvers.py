@@ -18,7 +18,7 @@ from torch import Tensor
 from genkit.errors import GenkitError
 
 __all__ = [
-    "DIVERGENCES", "FIXED_STEP_METHODS", "METHODS", "PROBES", "Divergence", "Field", "LogLikelihood", "Method",
+    "DIVERGENCES", "EVALUATIONS_PER_STEP", "FIXED_STEP_METHODS", "METHODS", "PROBES", "Divergence", "Field", "LogLikelihood", "Method",
     "Probe", "Trajectory", "integrate", "log_likelihood", "time_grid",
 ]
 
@@ -26,6 +26,8 @@ Method = Literal["euler", "midpoint", "rk4", "dopri5"]
 METHODS: tuple[str, ...] = get_args(Method)
 # Methods that step exactly on the grid; the others choose their own steps.
 FIXED_STEP_METHODS: frozenset[str] = frozenset({"euler", "midpoint", "rk4"})
+EVALUATIONS_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
+"""Field evaluations per step of each fixed-step method (``Trajectory.nfe`` counts them)."""
 
 Field = Callable[[Tensor, Tensor], Tensor]
 """A velocity field ``field(x: (B, ...), t: (B,)) -> (B, ...)``."""

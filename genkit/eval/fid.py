@@ -31,6 +31,7 @@ from genkit.errors import GenkitError
 from genkit.precision import Precision, ResolvedPrecision
 from genkit.sampling import Sampler, compile_for_sampling
 from genkit.seeding import derive_seed
+from genkit.solvers import EVALUATIONS_PER_STEP
 
 if TYPE_CHECKING:
     from genkit.eval.features import FeatureExtractor
@@ -340,8 +341,6 @@ def image_stats(images: Tensor, extractor: FeatureExtractor, *, batch_size: int)
 
 
 # ---- command line: python -m genkit.eval.fid --run DIR -------------------------------------------
-EVALUATIONS_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
-"""Network evaluations per step of each fixed-step solver (torchdiffeq's; ``Trajectory.nfe`` counts them)."""
 DEFAULT_NFE = 100
 """``--nfe`` of a fixed-step solver when none is given."""
 

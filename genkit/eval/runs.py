@@ -141,41 +141,16 @@ def eval_images(data: Any, split: str, n: int) -> tuple[Tensor, int]:
     return (images if index is None else images[index]), total
 
 
-EVAL_FILE = "eval.json"
-
-
-def in_family(key: str, family: str) -> bool:
-    """Whether eval.json's ``key`` belongs to the evaluation ``family`` (``fid_inception``, ``nll``):
-    the key is the family's name or starts with it and ``_``."""
-    return key == family or key.startswith(family + "_")
-
-
-def record_eval(run_dir: str | Path, family: str, values: dict) -> dict:
-    """Write an evaluation's ``values`` into the run's flat eval.json; returns the file's new contents.
-
-    The evaluation replaces its whole family: every key :func:`in_family` of ``family`` goes first (an
-    earlier evaluation's NFEs, floor, settings), so each family's keys describe one evaluation. Other
-    keys (the recipe's own metrics, other families) are kept. No ``values``: the file is left alone.
-    """
-    from genkit.train.checkpoint import write_json_atomic
-
-    path = Path(run_dir) / EVAL_FILE
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    if not values:
-        return old
-    merged = {k: v for k, v in old.items() if not in_family(k, family)} | values
-    write_json_atomic(path, merged)
-    return merged
-
-
 def eval_main(config_cls: Callable[..., Any], evaluate: Callable[[Any], dict], argv: list[str] | None, prog: str,
               family: Callable[[Any], str]) -> int:
-    """An evaluation CLI: parse ``config_cls``, evaluate, record in the run's eval.json (:func:`record_eval`
-    of the family ``family(cfg)`` names), print one JSON line."""
+    """An evaluation CLI: parse ``config_cls``, evaluate, record in the run's eval.json
+    (:func:`genkit.train.logging.update_eval`, replacing the family ``family(cfg)`` names), print one JSON line."""
     import tyro
 
     cfg = tyro.cli(config_cls, args=argv, prog=prog)
     values = evaluate(cfg)
-    record_eval(cfg.run, family(cfg), values)
+    from genkit.train.logging import update_eval
+
+    update_eval(cfg.run, values, family=family(cfg))
     print(json.dumps(values))
     return 0

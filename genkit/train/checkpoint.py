@@ -186,6 +186,7 @@ RESUME_MAY_CHANGE = frozenset({
     "train.steps", "train.time_limit", "train.log_every", "train.sample_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.tensorboard", "train.progress", "train.compile", "train.compile_mode",
     "train.precision", "pairs.compile", "sample", "eval",
+    "teacher_step",  # (the reflow recipe holds a stage to the teacher step it started from)
 })
 """Run-config settings (dotted names; a section stands for all of its fields) that a resumed run may change:
 how long and how verbosely it trains, where it runs and finds its data, how it is judged. Every other

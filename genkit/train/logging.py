@@ -63,15 +63,27 @@ class MetricsLogger:
             self._tb = None
 
 
-def update_eval(run_dir: Path, values: Mapping[str, object]) -> dict:
+def in_family(key: str, family: str) -> bool:
+    """Whether eval.json's ``key`` belongs to the evaluation ``family`` (``fid_inception``, ``nll``):
+    the key is the family's name or starts with it and ``_``."""
+    return key == family or key.startswith(family + "_")
+
+
+def update_eval(run_dir: str | Path, values: Mapping[str, object], *, family: str | None = None) -> dict:
     """Merge ``values`` into the run's flat ``eval.json`` (created if missing); returns the result.
 
-    Each evaluation (the recipe's own, FID, NLL, ...) adds its keys and keeps the others.
+    A recipe's own evaluation adds its keys and keeps the others. An evaluation of a ``family``
+    (FID of one feature extractor, NLL) replaces the whole family: every key :func:`in_family` goes
+    first (an earlier evaluation's NFEs, floor, settings), so each family's keys describe one
+    evaluation. No ``values``: the file is left alone.
     """
     from genkit.train.checkpoint import write_json_atomic
 
     path = Path(run_dir) / "eval.json"
-    merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged.update(values)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if not values:
+        return old
+    kept = {k: v for k, v in old.items() if family is None or not in_family(k, family)}
+    merged = kept | dict(values)
     write_json_atomic(path, merged)
     return merged

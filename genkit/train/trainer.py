@@ -136,8 +136,9 @@ class TrainConfig:
     step costs two graph launches instead of one launch per kernel (about 2,000 for the CIFAR-10 UNet):
     for steps whose GPU work is shorter than their launches (small models or batches). default and
     max-autotune-no-cudagraphs launch kernel by kernel. CUDA graphs reuse a network's output memory
-    at its next call: tested for one network called once per micro-step (the flow recipes); the GAN
-    recipes, which call the generator twice in a step, keep to the default mode"""
+    at its next call: tested for one network called once per micro-step (the flow recipes); MonoFlow,
+    which calls the generator twice in a step, keeps to the default mode, and the critic recipes
+    (reflow_gan) cannot compile at all (their gradient penalty needs a double backward)"""
     log_every: int = 100
     sample_every: int = 1000
     """snapshot (sample grids) every this many steps (0: only at the end)"""

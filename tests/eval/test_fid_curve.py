@@ -165,20 +165,20 @@ def test_fid_dopri5_records_its_measured_nfe(runs, monkeypatch):
 
 def test_fid_evaluation_replaces_its_family_in_eval_json(runs):
     """A second FID evaluation with other settings leaves none of the first one's keys behind."""
-    from genkit.eval.runs import record_eval
+    from genkit.train.logging import update_eval
 
     root, _, flow = runs
     before = json.loads((flow / "eval.json").read_text())
     first = fid.evaluate_fid(fid_config(root, flow, nfe=(1, 2), floor=True), extractor=ChannelMoments())
-    record_eval(flow, "fid_inception", first)
+    update_eval(flow, first, family="fid_inception")
     assert {"fid_inception_nfe1", "fid_inception_floor_train_vs_test"} <= set(json.loads((flow / "eval.json").read_text()))
     second = fid.evaluate_fid(fid_config(root, flow, nfe=(2,), weights="raw"), extractor=ChannelMoments())
-    record_eval(flow, "fid_inception", second)
+    update_eval(flow, second, family="fid_inception")
     after = json.loads((flow / "eval.json").read_text())
     assert after == {k: v for k, v in before.items() if not k.startswith("fid_inception")} | second
     assert "fid_inception_nfe1" not in after and "fid_inception_floor_train_vs_test" not in after
     assert after["fid_inception_weights"] == "raw" and after["fid_inception_step"] == 2
-    assert record_eval(flow, "fid_inception", {}) == after  # nothing evaluated (a curve's older checkpoint): kept
+    assert update_eval(flow, {}, family="fid_inception") == after  # nothing evaluated (a curve's older checkpoint): kept
 
 
 def test_subset_of_a_split_sorted_by_class_holds_every_class(image_folder):
