@@ -187,7 +187,9 @@ def test_gans_dry_run_plans_four_gans_their_curves_and_the_comparison(shared, tm
             f"--train.checkpoint-every {every} --train.sample-every {grids} --train.time-limit 4")
         assert (f"--run {work / f'mnist-{run}'} --features classifier --classifier {work / 'mnist-classifier'} --ref test "
                 "--n 10000 --checkpoints missing --device auto") in commands[f"mnist-{run}-fid"]
-    assert commands["mnist-monoflow-identity-fid"].endswith("--floor")
+        # about 20 curve points: every checkpoint up to 1.25 x 5,760 = 7,200 generator steps (13 x 576), then thinned
+        assert commands[f"mnist-{run}-fid"].endswith(f"--curve-points 20 --curve-dense-until {13 * every}")
+    assert [run for run in runs if "--floor" in commands[f"mnist-{run}-fid"]] == ["monoflow-identity"]
     assert commands["mnist-gans-compare"] == ("python -m genkit.eval.compare --runs "
                                               + " ".join(str(work / f"mnist-{r}") for r in runs)
                                               + f" --out {work / 'mnist-gans-compare'}")
@@ -253,7 +255,8 @@ def test_gans_pack_puts_the_comparison_in_the_tarball_and_the_summary(tmp_path):
     assert [r["name"] for r in res["runs"]] == [s.name for s in gans] and res["fid_floor_train_vs_test"] == 0.5
     assert all(r["steps_per_second"] == 25 and r["fid_points"] == 3 for r in res["runs"])
     assert [r["generator_steps"] for r in res["runs"]] == [30, 30, 6, 6]
-    assert res["comparison_table"] in md and res["comparison"]["budgets"][0] == {"axis": "generator_steps", "value": 6}
+    assert res["comparison_table"] in md and res["comparison"]["budgets"][0] == {"axis": "generator_steps", "value": 6,
+                                                                                "read_up_to": 6}
 
 
 def _parsers():
@@ -340,6 +343,51 @@ def test_generator_steps_follow_the_recipes_own_update_ratios():
     assert ratio("monoflow", ["--preset", "mnist", "--objective.form", "particle", "--objective.g-steps", "3"]) == 1
     assert ratio("monoflow", ["--preset", "mnist", "--objective.d-steps", "2"]) == 2
     assert ratio("reflow_gan", ["--preset", "mnist", "--objective.kind", "wgan_gp"]) == 5
+
+
+def _gan_grid(cfg, step):
+    """(recipe, Trainer steps between checkpoints, Trainer steps per generator step) of a planned GAN run."""
+    recipe = step.module.removeprefix("genkit.recipes.")
+    every = _parsers()[step.module](step.argv(None)[2:]).train.checkpoint_every
+    return recipe, every, suite.trainer_steps_per_generator_step(recipe, step.args)
+
+
+def test_gan_checkpoints_fall_on_one_whole_number_of_generator_steps(tmp_path):
+    """3.6 minutes: the slowest runs' guess, 120/s x 216 s / 5 = 5,184 generator steps over 10 points, is 518.4.
+    Every run checkpoints every 518 generator steps (MonoFlow 518, the critics 5 x 518 = 2,590 Trainer steps),
+    not MonoFlow 518 against the critics' 2,592 / 5 = 518.4, grids that drift apart (1,554 vs 1,555 at the third)."""
+    cfg = suite.SuiteConfig(part="gans-mnist", work=tmp_path, mnist_gan_minutes=3.6)
+    grids = [_gan_grid(cfg, s) for s in suite.plan(cfg) if s.module in suite.GAN_RECIPES]
+    assert [ratio for _, _, ratio in grids] == [1, 1, 5, 5]
+    assert {every / ratio for _, every, ratio in grids} == {518}
+
+
+@pytest.mark.parametrize("speed", [0.75, 1.0, 1.15])
+def test_gan_curves_are_bounded_and_share_the_equal_steps_checkpoint(speed, tmp_path):
+    """gans-cifar: MonoFlow makes 10x the critics' generator steps (100 checkpoints on the shared grid). Each
+    planned FID-C curve evaluates at most 2 x --gan-points checkpoints, the latest among them (the equal-time
+    point), and every checkpoint of the shared grid up to the slowest runs' last one (they run at 0.75 to 1.15
+    times their guessed rate; no requested checkpoint is missing): the comparison at equal generator steps
+    then reads every run at the slowest runs' last grid checkpoint."""
+    from genkit.eval import compare, fid
+
+    cfg = suite.SuiteConfig(part="gans-cifar", work=tmp_path)
+    steps = suite.plan(cfg)
+    curves, slowest = [], []
+    for train in (s for s in steps if s.module in suite.GAN_RECIPES):
+        recipe, every, ratio = _gan_grid(cfg, train)
+        final = int(getattr(cfg.rates, f"{recipe}_cifar") * (speed if ratio > 1 else 1) * 60 * train.train)
+        available = [*range(every, final + 1, every), *([final] if final % every else [])]  # the last one off the grid
+        fid_step = next(s for s in steps if s.name == f"{train.name}-fid")
+        curve_cfg = tyro.cli(fid.FIDConfig, args=list(fid_step.argv(None)[2:]))
+        picked = fid._curve_steps(curve_cfg, available, is_flow=False)
+        assert curve_cfg.checkpoints == "missing" and (ratio > 1 or len(available) > 4 * cfg.gan_points)  # MonoFlow: ~100
+        assert len(picked) <= 2 * cfg.gan_points and picked[-1] == available[-1] and set(picked) <= set(available)
+        curves.append(compare.FIDCurve({}, tuple(compare.CurvePoint(s, s // ratio, s / ratio, 1.0, 0.0) for s in picked)))
+        if ratio > 1:
+            slowest.append(final // every * every // ratio)
+    assert len(curves) == 4 and len(set(slowest)) == 1
+    assert compare.equal_steps_budget(curves) == (slowest[0], True)
 
 
 @pytest.mark.parametrize("smoke", [False, True])

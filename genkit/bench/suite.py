@@ -62,10 +62,12 @@ The gans parts (issue 5) train each GAN for the same minutes (``--mnist-gan-minu
 kept; networks, Adam settings and update ratios stay each recipe's (MonoFlow 1:1, ReFlow-GAN and
 WGAN-GP 5:1). Checkpoints fall on the same generator steps in every run: every ``k`` generator
 steps, ``k`` the guessed generator steps of the slowest run (from ``--rates.*``, the guessed Trainer
-steps per second, and each recipe's update ratio) over ``--gan-points``; a faster run gets more
-checkpoints, and about ``--gan-points`` sample grids. A FID-C step per run evaluates the checkpoints its ``fid_curve.json`` lacks, and ``genkit.eval.compare``
-tables and plots the curves at equal generator steps and equal seconds (the table is in the
-summary). The FID-C classifier is the mnist or cifar
+steps per second, and each recipe's update ratio) over ``--gan-points``, rounded to a whole number; a
+faster run gets more checkpoints, and about ``--gan-points`` sample grids. A FID-C step per run
+evaluates the checkpoints its ``fid_curve.json`` lacks among about 2 x ``--gan-points`` of them (every
+checkpoint up to 1.25 times the slowest run's guessed generator steps, evenly spaced ones beyond, always
+the latest: ``--curve-points``, ``--curve-dense-until``), and ``genkit.eval.compare`` tables and plots
+the curves at equal generator steps and equal seconds (the table is in the summary). The FID-C classifier is the mnist or cifar
 part's (same step, same folder): trained once per work folder.
 
 Time guard: the suite stops ``--deadline-minutes`` after it started (default 9.5: one command may run
@@ -84,6 +86,7 @@ the exact commands, device, torch version, date), and the markdown is printed la
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import shutil
@@ -111,6 +114,12 @@ GAN_RECIPES = ("genkit.recipes.monoflow", "genkit.recipes.reflow_gan")
 GAN_BATCH = 64
 """the batch of every run of a gans part (the presets: MonoFlow 128, ReFlow-GAN/WGAN-GP 64), so that each
 generator step and each critic step sees as many samples in every run"""
+GAN_DENSE_MARGIN = 1.25
+"""a gans part's FID-C curves evaluate every checkpoint up to this many times the slowest run's guessed generator
+steps (--rates.*), so that every run has the checkpoint of the equal-steps comparison even if the slowest runs faster"""
+GAN_CURVE_POINTS = 2
+"""a gans part's FID-C curve evaluates about this many times --gan-points checkpoints (--curve-points), however many
+a fast run has: each point is a full FID-C (10,000 samples)"""
 EXIT = {"done": 0, "failed": 1, "error": 2, "deadline": 3}
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -205,7 +214,8 @@ class SuiteConfig:
     monoflow_h: tuple[str, ...] = ("identity", "log_sigmoid")
     """the gans parts' MonoFlow runs: one per h (identity, log_sigmoid, softplus, arcsinh, exp)"""
     gan_points: int = 10
-    """checkpoints (FID-C curve points) each GAN run should get, if it runs at its --rates.* guess"""
+    """checkpoints the slowest GAN run should get at its --rates.* guess (a faster one gets more on the same
+    generator steps); each FID-C curve evaluates about twice as many at most"""
     rates: Rates = field(default_factory=Rates)
     max_steps: int = 1_000_000
     """--train.steps of the training stages and GAN runs: the minutes end them first"""
@@ -351,9 +361,12 @@ def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Ste
     """Each GAN run for the part's minutes, with its FID-C curve; then their comparison.
 
     Checkpoints fall on the same generator steps in every run (every ``k`` generator steps, ``k`` the
-    guessed generator steps of the slowest run over ``--gan-points``), so the comparison at equal
-    generator steps compares checkpoints of exactly equal generator steps; a faster run gets more
-    checkpoints. Sample grids: about ``--gan-points`` per run. Every run trains on the same data: its
+    guessed generator steps of the slowest run over ``--gan-points``, rounded to a whole number), so the
+    comparison at equal generator steps compares checkpoints of exactly equal generator steps; a faster
+    run gets more checkpoints. Its FID-C curve evaluates every checkpoint up to :data:`GAN_DENSE_MARGIN`
+    times the slowest run's guessed generator steps (where the equal-steps budget falls) and beyond them
+    evenly spaced ones, always the latest (the equal-time point): about ``GAN_CURVE_POINTS x --gan-points``
+    in all, however fast the run. Sample grids: about ``--gan-points`` per run. Every run trains on the same data: its
     preset's (the GAN presets agree, no flips) with the batch :data:`GAN_BATCH`. What stays each
     recipe's own: networks, Adam settings and update ratio (MonoFlow 1:1, the critics 5:1).
     """
@@ -365,17 +378,22 @@ def _gans(cfg: SuiteConfig, classifier: Path, data: tuple[str, ...]) -> list[Ste
                    *(SMOKE_GAN if cfg.smoke else ())) for name, _, objective in runs}
     ratio = {name: trainer_steps_per_generator_step(recipe, base[name]) for name, recipe, _ in runs}
     gen_steps = {name: getattr(cfg.rates, f"{recipe}_{ds}") * 60 * minutes / ratio[name] for name, recipe, _ in runs}
-    k = max(1.0, min(gen_steps.values()) / cfg.gan_points)  # generator steps between checkpoints, every run
+    # generator steps between checkpoints, the same whole number in every run (a fraction would drift the grids apart)
+    k = max(1, round(min(gen_steps.values()) / cfg.gan_points))
+    # every checkpoint up to a little beyond the slowest run's guessed generator steps: the equal-steps point
+    dense = math.ceil(GAN_DENSE_MARGIN * min(gen_steps.values()) / k) * k
     steps: list[Step] = []
     for name, recipe, _ in runs:
         run = cfg.work / f"{ds}-{name.replace('_', '-')}"
-        every = max(1, round(k * ratio[name]))
+        every = k * ratio[name]
         grids = every * max(1, round(gen_steps[name] / k / cfg.gan_points))
         args = (*base[name][:2], "--out", str(run), *base[name][2:], "--train.steps", str(cfg.max_steps),
                 "--train.keep-checkpoints", "0", "--train.checkpoint-every", str(every),
                 "--train.sample-every", str(grids))
+        fid = _fid(cfg, f"{run.name}-fid", run, classifier, None, floor=not steps)  # the data floor once
+        thin = ("--curve-points", str(GAN_CURVE_POINTS * cfg.gan_points), "--curve-dense-until", str(dense * ratio[name]))
         steps += [Step(run.name, f"genkit.recipes.{recipe}", args, cfg.expect.overhead, run=run, train=minutes),
-                  _fid(cfg, f"{run.name}-fid", run, classifier, None, floor=not steps)]  # the data floor once
+                  dataclasses.replace(fid, args=(*fid.args, *thin))]
     out = cfg.work / f"{ds}-gans-compare"
     args = ("--runs", *(str(s.run) for s in steps if s.train is not None), "--out", str(out))
     curves = tuple(s.name for s in steps if s.train is None)

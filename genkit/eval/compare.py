@@ -8,10 +8,14 @@ A run's ``fid_curve.json`` (:class:`FIDCurve`) holds one :class:`CurvePoint` per
 the Trainer step, the **generator steps** (optimizer steps of the sampled network, counted by the
 Trainer: a GAN trained with 5 critic steps per generator step has 1,000 generator steps at Trainer
 step 5,000; for a flow they equal the Trainer steps), the seconds of training so far, and the FID.
-:func:`compare_runs` reads several runs' curves and reports each run at equal budgets: the largest
-number of generator steps every run reached and the largest time of training every run reached (plus
-any ``--steps`` / ``--seconds`` asked for). A run's value at a budget is its FID at the last evaluated
-checkpoint at or before the budget (:func:`point_at`); the table says which checkpoint that was.
+:func:`compare_runs` reads several runs' curves and reports each run at equal budgets (plus any
+``--steps`` / ``--seconds`` asked for): **equal generator steps**, the largest generator-step count at
+which every run has an evaluated checkpoint (:func:`equal_steps_budget`; runs checkpointed on a shared
+grid of generator steps are then read at exactly the same count), and **equal time**, the shortest run's
+training time (:func:`equal_time_budget`). A run's value at a budget is its FID at the last evaluated
+checkpoint at or before the budget, in time up to a tolerance of max(1 s, 1%) (:func:`point_at`,
+:func:`time_tolerance`: runs given the same ``--train.time-limit`` stop some milliseconds apart); the
+table says which checkpoint that was.
 Written to ``--out``: ``comparison.md`` (one markdown table, also printed), ``comparison.json`` (the same
 numbers) and ``comparison.png`` (FID against generator steps and against seconds, one line per run).
 """
@@ -28,8 +32,8 @@ from typing import Any, Literal
 from genkit.errors import GenkitError
 
 __all__ = [
-    "CURVE_FILE", "Comparison", "CompareConfig", "CurvePoint", "FIDCurve", "RunCurve", "common_budget", "compare_runs",
-    "extend_curve", "main", "point_at", "read_curve", "run_label",
+    "CURVE_FILE", "Comparison", "CompareConfig", "CurvePoint", "FIDCurve", "RunCurve", "compare_runs", "equal_steps_budget",
+    "equal_time_budget", "extend_curve", "main", "point_at", "read_curve", "run_label", "time_tolerance",
 ]
 
 CURVE_FILE = "fid_curve.json"
@@ -117,18 +121,48 @@ def extend_curve(run_dir: str | Path, settings: dict[str, str | int | None], ste
 
 
 # ---- equal budgets ---------------------------------------------------------------------------------------
+TIME_TOLERANCE_SECONDS = 1.0
+TIME_TOLERANCE_FRACTION = 0.01
+
+
+def time_tolerance(seconds: float) -> float:
+    """The slack of a budget of ``seconds`` of training: max(1 s, 1% of it).
+
+    Runs given the same ``--train.time-limit`` stop at the first step past it and write their last
+    checkpoint then, some milliseconds apart; without slack, the run that stopped first would push every
+    other run back to its previous checkpoint, up to a whole checkpoint interval earlier.
+    """
+    return max(TIME_TOLERANCE_SECONDS, TIME_TOLERANCE_FRACTION * seconds)
+
+
 def point_at(points: Sequence[CurvePoint], axis: Axis, budget: float) -> CurvePoint | None:
-    """The last checkpoint (largest step) whose ``axis`` value is known and at most ``budget`` (None: none is)."""
-    within = [p for p in points if getattr(p, axis) is not None and getattr(p, axis) <= budget]
+    """The last checkpoint (largest step) whose ``axis`` value is known and at most ``budget`` (None: none is);
+    on ``train_seconds`` at most ``budget + time_tolerance(budget)``."""
+    limit = budget + time_tolerance(budget) if axis == "train_seconds" else budget
+    within = [p for p in points if getattr(p, axis) is not None and getattr(p, axis) <= limit]
     return max(within, key=lambda p: p.step, default=None)
 
 
-def common_budget(curves: Sequence[FIDCurve], axis: Axis) -> float | None:
-    """The largest ``axis`` value every curve reached: the minimum over curves of their largest value.
+def equal_steps_budget(curves: Sequence[FIDCurve]) -> tuple[int | None, bool]:
+    """``(budget, shared)``: the largest generator-step count at which every curve has an evaluated point
+    (``shared`` True), so that every run is read at exactly that count.
 
-    Curves without any known value on ``axis`` (no ``train_seconds`` recorded) take no part; None if none has one.
+    Time-limited runs end off any shared checkpoint grid, so their final counts differ; the smallest of
+    them would read every other run up to a checkpoint interval earlier. If the curves share no count at
+    all, the budget is that smallest final count (``shared`` False: each run is read at its last point at
+    or before it). ``(None, False)`` without curves.
     """
-    reached = [max(v) for c in curves if (v := [getattr(p, axis) for p in c.points if getattr(p, axis) is not None])]
+    counts = [{p.generator_steps for p in c.points} for c in curves if c.points]
+    shared = set.intersection(*counts) if counts else set()
+    if shared:
+        return max(shared), True
+    return (min(max(c) for c in counts) if counts else None), False
+
+
+def equal_time_budget(curves: Sequence[FIDCurve]) -> float | None:
+    """The shortest training time of the curves: the minimum over curves of their largest ``train_seconds``
+    (read within :func:`time_tolerance`). Curves without recorded times take no part; None if none has one."""
+    reached = [max(v) for c in curves if (v := [p.train_seconds for p in c.points if p.train_seconds is not None])]
     return min(reached) if reached else None
 
 
@@ -181,15 +215,18 @@ class RunCurve:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Runs at equal budgets. ``budgets[j] = (axis, value)``; ``picks[i][j]``: run ``i``'s point at budget ``j``."""
+    """Runs at equal budgets. ``budgets[j] = (axis, value)``; ``picks[i][j]``: run ``i``'s point at budget ``j``;
+    ``notes``: caveats printed under the table (e.g. no generator-step count shared by every run)."""
 
     runs: tuple[RunCurve, ...]
     budgets: tuple[tuple[Axis, float], ...]
     picks: tuple[tuple[CurvePoint | None, ...], ...]
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         shared = {k: self.runs[0].curve.settings.get(k) for k in COMPARABLE}
-        return {"settings": shared, "budgets": [{"axis": a, "value": v} for a, v in self.budgets],
+        return {"settings": shared, "notes": list(self.notes),
+                "budgets": [{"axis": a, "value": v, "read_up_to": _limit(a, v)} for a, v in self.budgets],
                 "runs": [{"label": r.label, "run": str(r.run), "solver": r.curve.settings.get("solver"),
                           "nfe": r.curve.settings.get("nfe"),
                           "at_budgets": [None if p is None else asdict(p) for p in picks],
@@ -203,10 +240,12 @@ class Comparison:
         rows = [[r.label, *(_cell(p, a) for p, (a, _) in zip(picks, self.budgets)),
                  f"{r.curve.points[-1].fid:.4g}", f"{r.curve.points[-1].generator_steps:,}", f"{r.curve.points[-1].step:,}",
                  _seconds(r.curve.points[-1].train_seconds)] for r, picks in zip(self.runs, self.picks)]
-        lines = [f"FID ({s.get('extractor')}, {s.get('ref')}, N={s.get('n')}); at a budget: the last checkpoint at or "
-                 "before it (its generator steps or seconds in brackets).", "",
+        lines = [f"FID ({s.get('extractor')}, {s.get('ref')}, N={s.get('n')}); at a budget: each run's last checkpoint at "
+                 f"or before it (its generator steps or seconds in brackets), in seconds up to max({TIME_TOLERANCE_SECONDS:g} s, "
+                 f"{TIME_TOLERANCE_FRACTION:.0%}) later (runs given the same time limit stop some ms apart).", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+        notes = ["", *(f"Note: {n}" for n in self.notes)] if self.notes else []
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows] + notes) + "\n"
 
 
 COMPARABLE = ("metric", "extractor", "ref", "n", "ref_subset")
@@ -231,6 +270,11 @@ def _budget(axis: Axis, value: float) -> str:
     return f"{int(value):,} generator steps" if axis == "generator_steps" else _seconds(value)
 
 
+def _limit(axis: Axis, value: float) -> float:
+    """The largest ``axis`` value read at a budget of ``value`` (:func:`point_at`)."""
+    return value + time_tolerance(value) if axis == "train_seconds" else value
+
+
 def _cell(p: CurvePoint | None, axis: Axis) -> str:
     if p is None:
         return "n/a"
@@ -242,8 +286,9 @@ def compare_runs(runs: Sequence[str | Path], labels: Sequence[str] = (), *, step
                  seconds: Sequence[float] = ()) -> Comparison:
     """Read each run's fid_curve.json and pick every run's point at the common budgets.
 
-    Budgets, in increasing order per axis: the largest generator-step count all runs reached and ``steps``;
-    the largest train_seconds all runs with recorded times reached and ``seconds``. ``labels``: one per run
+    Budgets, in increasing order per axis: :func:`equal_steps_budget` (the largest generator-step count
+    every run has a point at) and ``steps``; :func:`equal_time_budget` (the shortest run's train_seconds,
+    runs with recorded times only) and ``seconds``; each run read by :func:`point_at`. ``labels``: one per run
     (default: :func:`run_label` plus the solver and NFE of a flow's curve, with the folder name added where
     two runs would share a label).
     """
@@ -267,12 +312,16 @@ def compare_runs(runs: Sequence[str | Path], labels: Sequence[str] = (), *, step
     names = list(labels) or [run_label(r) + _sampling(c.settings) for r, c in zip(runs, curves)]
     if not labels:
         names = [f"{n} [{Path(r).name}]" if names.count(n) > 1 else n for n, r in zip(names, runs)]
+    equal_steps, shared = equal_steps_budget(curves)
+    notes = () if shared else ((
+        f"no generator-step count has an evaluated checkpoint in every run: the equal-steps budget is the smallest "
+        f"final count ({equal_steps:,}), and runs are read at their last checkpoint at or before it, possibly "
+        "up to a checkpoint interval earlier (checkpoint the runs on the same generator steps to compare them exactly)"),)
     budgets: list[tuple[Axis, float]] = []
-    for axis, extra in (("generator_steps", steps), ("train_seconds", seconds)):
-        common = common_budget(curves, axis)
+    for axis, extra, common in (("generator_steps", steps, equal_steps), ("train_seconds", seconds, equal_time_budget(curves))):
         budgets += [(axis, v) for v in sorted(set(extra) | ({common} - {None}))]
     picks = tuple(tuple(point_at(c.points, a, v) for a, v in budgets) for c in curves)
-    return Comparison(tuple(RunCurve(n, Path(r), c) for n, r, c in zip(names, runs, curves)), tuple(budgets), picks)
+    return Comparison(tuple(RunCurve(n, Path(r), c) for n, r, c in zip(names, runs, curves)), tuple(budgets), picks, notes)
 
 
 def save_comparison(comparison: Comparison, out: str | Path) -> Path:
@@ -315,9 +364,9 @@ class CompareConfig:
     labels: tuple[str, ...] = ()
     """one label per run (default: from each run's config.json, e.g. 'MonoFlow h=identity', 'WGAN-GP')"""
     steps: tuple[int, ...] = ()
-    """more generator-step budgets for the table (the largest all runs reached is always there)"""
+    """more generator-step budgets for the table (the largest count every run has a checkpoint at is always there)"""
     seconds: tuple[float, ...] = ()
-    """more budgets in seconds of training (the largest all runs reached is always there)"""
+    """more budgets in seconds of training (the shortest run's time is always there; read within max(1 s, 1%))"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

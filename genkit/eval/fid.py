@@ -394,6 +394,12 @@ class FIDConfig:
     checkpoints: Literal["latest", "all", "missing"] | tuple[int, ...] = "latest"
     """latest; or a FID curve over checkpoints (fid_curve.json, fid_curve.png): all, those fid_curve.json
     lacks (missing), or these Trainer steps. A curve takes one --nfe; eval.json gets the latest's numbers"""
+    curve_points: int | None = None
+    """with --checkpoints all or missing: about this many checkpoints at most (default: every one): every
+    checkpoint up to --curve-dense-until, then evenly spaced ones beyond it, always the latest"""
+    curve_dense_until: int = 0
+    """the Trainer step up to which a --curve-points curve keeps every checkpoint (e.g. the steps every
+    compared run reaches, so that genkit.eval.compare finds the same generator steps in each)"""
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -415,6 +421,15 @@ class FIDConfig:
             if not self.nfe or bad:
                 raise GenkitError(f"--nfe counts network evaluations per sample: {self.solver} takes {per_step} per "
                                   f"step, so each value must be a positive multiple of {per_step} (got {bad or 'none'})")
+        if self.curve_points is not None:
+            if self.checkpoints not in ("all", "missing"):
+                raise GenkitError("--curve-points thins a curve of --checkpoints all or missing: add one of those, "
+                                  "or drop --curve-points")
+            if self.curve_points < 1:
+                raise GenkitError(f"--curve-points must be >= 1, got {self.curve_points}")
+        if self.curve_dense_until < 0 or (self.curve_dense_until and self.curve_points is None):
+            raise GenkitError(f"--curve-dense-until is a Trainer step >= 0 for a --curve-points curve, got "
+                              f"{self.curve_dense_until}{'' if self.curve_points else ' without --curve-points'}")
 
     def nfe_values(self) -> tuple[int, ...]:
         """The NFEs of a fixed-step solver to evaluate (``--nfe`` or :data:`DEFAULT_NFE`)."""
@@ -629,12 +644,27 @@ def _curve_steps(cfg: FIDConfig, available: list[int], is_flow: bool) -> list[in
         raise GenkitError(f"a FID curve over checkpoints takes one --nfe, got {' '.join(map(str, cfg.nfe_values()))}: "
                           "run it once per NFE")
     if cfg.checkpoints in ("all", "missing"):
-        return available
+        return available if cfg.curve_points is None else thin_checkpoints(available, cfg.curve_dense_until, cfg.curve_points)
     absent = sorted(set(cfg.checkpoints) - set(available))
     if absent:
         raise GenkitError(f"{cfg.run} has no checkpoint at step {', '.join(map(str, absent))} (it has steps "
                           f"{', '.join(map(str, available))}): pass --checkpoints steps from that list, all or missing")
     return sorted(set(cfg.checkpoints))
+
+
+def thin_checkpoints(steps: list[int], dense_until: int, points: int) -> list[int]:
+    """Which of the checkpoints of Trainer ``steps`` a curve of about ``points`` evaluates, in increasing order:
+    every one up to ``dense_until``, and beyond it ``max(1, points - those)`` evenly spaced by position, the
+    last of them the latest checkpoint (all of them if there are no more). The selection depends only on
+    ``steps``, so ``--checkpoints missing`` continues a cut-off evaluation of the same selection.
+    """
+    steps = sorted(set(steps))
+    dense = [s for s in steps if s <= dense_until]
+    beyond = [s for s in steps if s > dense_until]
+    keep = max(1, points - len(dense))
+    if len(beyond) <= keep:
+        return steps
+    return dense + [beyond[(i + 1) * len(beyond) // keep - 1] for i in range(keep)]
 
 
 def main(argv: list[str] | None = None) -> int:

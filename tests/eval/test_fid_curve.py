@@ -287,8 +287,10 @@ def test_compare_picks_equal_steps_and_equal_time(three_runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed == (out / "comparison.md").read_text()
     result = json.loads((out / "comparison.json").read_text())
-    # the largest generator-step count all reached: min(3000, 2000, 4000); the largest time all reached: min(30, 50, 48)
-    assert result["budgets"] == [{"axis": "generator_steps", "value": 2000}, {"axis": "train_seconds", "value": 30.0}]
+    # the largest generator-step count every run has a point at: 2000; the shortest run's time: min(30, 50, 48),
+    # read up to 1 s later
+    assert result["budgets"] == [{"axis": "generator_steps", "value": 2000, "read_up_to": 2000},
+                                 {"axis": "train_seconds", "value": 30.0, "read_up_to": 31.0}]
     labels = [r["label"] for r in result["runs"]]
     assert labels == ["MonoFlow h=identity", "WGAN-GP", "MonoFlow h=log_sigmoid"]
     at_steps = [r["at_budgets"][0] for r in result["runs"]]
@@ -312,8 +314,9 @@ def test_compare_extra_budgets_and_untimed_runs(tmp_path):
                      settings=flow)
     untimed = fake_run(tmp_path / "b", {"recipe": "reflow", "stage": "rf"}, [(100, 100, None, 8.0), (300, 300, None, 6.0)],
                        settings=flow)
-    c = compare.compare_runs([timed, untimed], steps=(100, 250), seconds=(7.5,))
-    # the common budgets (200 generator steps; 10 s, from the timed run alone) and the extra ones, in order
+    c = compare.compare_runs([timed, untimed], steps=(200, 250), seconds=(7.5,))
+    # the common budgets (100 generator steps: the largest both have a point at; 10 s, from the timed run
+    # alone) and the extra ones, in order
     assert c.budgets == (("generator_steps", 100), ("generator_steps", 200), ("generator_steps", 250),
                          ("train_seconds", 7.5), ("train_seconds", 10.0))
     assert [p.step for p in c.picks[1][:3]] == [100, 100, 100]  # the untimed run at 100, 200, 250 generator steps
@@ -350,3 +353,91 @@ def test_compare_labels_and_errors(three_runs, tmp_path, capsys):
                      settings=SETTINGS | {"extractor": "inception-v3-compat"})
     assert "differ in extractor" in error(["--runs", str(mono), str(other)])
     assert not (tmp_path / "x").exists()
+
+
+def grid_run(folder, card, grid, checkpoints, final, seconds_per_step, final_seconds):
+    """A time-limited run checkpointed every ``grid`` generator steps (``checkpoints`` of them) and once more at its
+    end, off the grid: ``final`` generator steps after ``final_seconds`` (a few ms past the time limit)."""
+    points = [(g, g, g * seconds_per_step, 100.0 / g) for g in range(grid, grid * checkpoints + 1, grid)]
+    return fake_run(folder, card, [*points, (final, final, final_seconds, 100.0 / final)])
+
+
+def test_compare_reads_time_limited_runs_at_equal_generator_steps_and_time(tmp_path):
+    """Runs of the same time limit (240 s) on a shared grid of 576 generator steps end off the grid and a few ms
+    apart. The smallest final count (WGAN-GP's 5,664) would read WGAN-GP at 5,664 but the others a checkpoint
+    earlier (5,184), and the smallest final time (240.002 s) MonoFlow at 238.1 s: every run must be read at the
+    same generator steps, and at times within the stated tolerance of each other."""
+    mono = grid_run(tmp_path / "mono", {"recipe": "monoflow", "objective": {"h": "identity"}}, 576, 62, 36_000,
+                    238.1 / (576 * 62), 240.009)
+    reflow_gan = grid_run(tmp_path / "rg", {"recipe": "reflow_gan", "objective": {"kind": "reflow_gan"}}, 576, 10, 5_900,
+                          0.0405, 240.004)
+    wgan = grid_run(tmp_path / "wgan", {"recipe": "reflow_gan", "objective": {"kind": "wgan_gp"}}, 576, 9, 5_664, 0.0424,
+                    240.002)
+    c = compare.compare_runs([mono, reflow_gan, wgan])
+    assert c.budgets == (("generator_steps", 5_184), ("train_seconds", 240.002)) and c.notes == ()
+    at_steps, at_time = zip(*c.picks)
+    assert [p.generator_steps for p in at_steps] == [5_184] * 3  # the largest count every run has a checkpoint at
+    times = [p.train_seconds for p in at_time]
+    assert times == [240.009, 240.004, 240.002]  # each run's final checkpoint, not MonoFlow's 238.1 s
+    assert max(times) - min(times) <= compare.time_tolerance(240.002) == 2.40002
+    assert compare.time_tolerance(30.0) == 1.0
+    out = json.loads(json.dumps(c.to_json()))
+    assert out["budgets"][1] == {"axis": "train_seconds", "value": 240.002, "read_up_to": 240.002 + 2.40002}
+    table = c.markdown()
+    assert "max(1 s, 1%)" in table and "| WGAN-GP | 0.01929 (5,184) | 0.01766 (240 s) |" in table
+
+
+def test_compare_without_a_shared_generator_step_count_says_so(tmp_path):
+    a = fake_run(tmp_path / "a", {"recipe": "monoflow", "objective": {"h": "identity"}}, [(500, 500, 5.0, 9.0), (1000, 1000, 10.0, 8.0)])
+    b = fake_run(tmp_path / "b", {"recipe": "reflow_gan", "objective": {"kind": "wgan_gp"}},
+                 [(3000, 600, 6.0, 7.0), (4500, 900, 9.0, 6.0)])
+    assert compare.equal_steps_budget([compare.read_curve(a), compare.read_curve(b)]) == (900, False)
+    c = compare.compare_runs([a, b])
+    assert c.budgets[0] == ("generator_steps", 900) and [p.generator_steps for p in c.picks[0][:1] + c.picks[1][:1]] == [500, 900]
+    assert len(c.notes) == 1 and "no generator-step count has an evaluated checkpoint in every run" in c.notes[0]
+    assert f"Note: {c.notes[0]}" in c.markdown().splitlines() and c.to_json()["notes"] == list(c.notes)
+
+
+# ---- thinned curves (--curve-points, --curve-dense-until) ----------------------------------------------------------
+def test_thin_checkpoints_keeps_the_dense_region_and_the_latest():
+    """A fast run on a shared grid (here 100 checkpoints, every 10 steps, and an off-grid final one): about
+    ``points`` evaluated, every one up to ``dense_until``, evenly spaced beyond it, the latest always."""
+    steps = [*range(10, 1001, 10), 1004]
+    picked = fid.thin_checkpoints(steps, 125, 20)
+    assert picked[:12] == list(range(10, 121, 10)) and len(picked) == 20 and picked[-1] == 1004
+    assert picked == sorted(set(picked)) and set(picked) <= set(steps)
+    gaps = [picked[i + 1] - picked[i] for i in range(12, 19)]
+    assert max(gaps) - min(gaps) <= 20  # evenly spaced beyond the dense region (one grid step of rounding)
+    assert fid.thin_checkpoints(steps, 5_000, 20) == steps  # all dense: nothing dropped, nothing missing
+    assert fid.thin_checkpoints([10, 20, 30], 0, 1) == [30]  # always the latest
+    assert fid.thin_checkpoints([10, 20, 30], 10, 20) == [10, 20, 30] and fid.thin_checkpoints([], 10, 5) == []
+
+
+def test_thinned_curve_evaluates_its_selection_and_missing_continues_it(runs):
+    """--curve-points on the WGAN-GP run (checkpoints 2, 4, 6): the dense step and the latest; the dense region
+    may reach past the last checkpoint (a slower run than planned) without failing; missing adds nothing new."""
+    root, gan, _ = runs
+    (gan / compare.CURVE_FILE).unlink(missing_ok=True)
+    thin = fid_config(root, gan, checkpoints="all", curve_points=2, curve_dense_until=2)
+    assert fid.evaluate_fid(thin, extractor=ChannelMoments())["fid_inception"] >= 0  # the latest is among them
+    assert [p.step for p in compare.read_curve(gan).points] == [2, 6]
+    again = fid_config(root, gan, checkpoints="missing", curve_points=2, curve_dense_until=2)
+    assert fid.evaluate_fid(again, extractor=ChannelMoments()) == {}  # its selection is done: nothing evaluated
+    dense = fid_config(root, gan, checkpoints="missing", curve_points=2, curve_dense_until=1_000)
+    fid.evaluate_fid(dense, extractor=ChannelMoments())
+    assert [p.step for p in compare.read_curve(gan).points] == [2, 4, 6]
+
+
+def test_curve_points_options_are_checked():
+    import tyro
+
+    parsed = tyro.cli(fid.FIDConfig, args=["--run", "r", "--checkpoints", "missing", "--curve-points", "20",
+                                           "--curve-dense-until", "6734"])
+    assert (parsed.curve_points, parsed.curve_dense_until) == (20, 6734)
+    bad = {"thins a curve of --checkpoints all or missing": {"curve_points": 5},
+           "--curve-points must be >= 1": {"checkpoints": "all", "curve_points": 0},
+           "without --curve-points": {"checkpoints": "all", "curve_dense_until": 10},
+           "got -1": {"checkpoints": "all", "curve_points": 3, "curve_dense_until": -1}}
+    for message, kw in bad.items():
+        with pytest.raises(GenkitError, match=message):
+            fid.FIDConfig(run="r", **kw)
