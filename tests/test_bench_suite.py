@@ -599,3 +599,29 @@ def test_a_cut_short_bits_per_dim_comes_back_in_the_tarball(tmp_path):
     assert "cut short: 1 images in 2.0 s" in text  # and the summary says how far it got
     row = json.loads((cfg.out / "summary-cifar.json").read_text())["results"]["stages"][0]
     assert row["nll_partial"] == {"batches": 1, "images": 1, "seconds": 2.0, "nfe_per_batch": None}
+
+
+def test_a_later_only_invocation_still_reports_the_steps_run_before(tmp_path):
+    """``--only cifar-rf-nll`` after ``--only cifar-rf cifar-rf-fid``: the summary and the tarball still hold the
+    run, its FID-C and its record (they are the same part's results), and the bits/dim lands in the run's row."""
+    cfg = suite.SuiteConfig(part="cifar", work=tmp_path / "w", out=tmp_path / "o")
+    plan = suite.plan(cfg)
+    by_name = {s.name: s for s in plan}
+    run = by_name["cifar-rf"].run
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"step": 40, "train_seconds": 60.0, "fid_classifier_nfe100": 12.5,
+                                               "nll_bpd": 3.5, "nll_n": 10000, "nll_seconds": 400.0}))
+    (cfg.work / "steps").mkdir(parents=True)
+    (cfg.work / "steps" / "cifar-rf.json").write_text(json.dumps({"name": "cifar-rf", "status": "done", "invocations": []}))
+    this = suite.select(plan, ["cifar-rf-nll"])
+    runner = suite.Suite(cfg, this, cfg.out, plan=plan)
+    assert [s.name for s in runner.reported()] == ["cifar-rf", "cifar-rf-nll"]  # (not the classifier nor the FID: no records)
+    runner.outcome = "done"
+    runner.pack()
+    summary = json.loads((cfg.out / "summary-cifar.json").read_text())
+    row = summary["results"]["stages"][0]
+    assert row["stage"] == "rf" and row["nll_bpd"] == 3.5 and row["fid_classifier"]["100"] == 12.5
+    with tarfile.open(cfg.out / "results-cifar.tar.gz") as tar:
+        assert {"cifar-rf/eval.json", "steps/cifar-rf.json"} <= set(tar.getnames())
+    # without the plan (an old caller), only this invocation's steps
+    assert [s.name for s in suite.Suite(cfg, this, cfg.out).reported()] == ["cifar-rf-nll"]

@@ -579,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{step.name}{' (done, would skip)' if done else ''}{after}: {step.command(limit)}")
         print(f"results: {out_dir(cfg)}/results-{cfg.part}.tar.gz, summary-{cfg.part}.json, summary-{cfg.part}.md")
         return 0
-    return EXIT[Suite(cfg, steps, out_dir(cfg)).run()]
+    return EXIT[Suite(cfg, steps, out_dir(cfg), plan=plan(cfg)).run()]
 
 
 if __name__ == "__main__":

@@ -37,21 +37,23 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
     """The summary of ``suite``'s part: the part's ``dataset`` (None: speed), the ``nfe`` of its FID-C and the
     recipes of its GAN runs come from its plan."""
     cfg = suite.cfg
+    reported = suite.reported()
+    mine = {s.name for s in suite.steps}
     steps = []
-    for step in suite.steps:
+    for step in reported:
         rec = suite.record(step)
-        steps.append({"name": step.name, "status": rec.get("status", "not run"),
-                      "this_invocation": suite.this_run.get(step.name, "not reached"),
+        here = suite.this_run.get(step.name, "not reached") if step.name in mine else "not selected (--only)"
+        steps.append({"name": step.name, "status": rec.get("status", "not run"), "this_invocation": here,
                       "seconds_total": rec.get("seconds_total"), "commands": [r["command"] for r in rec.get("invocations", [])]})
     out = {"part": cfg.part, "status": {"done": "complete", "deadline": "incomplete"}.get(suite.outcome, suite.outcome),
            "error": suite.error, "smoke": cfg.smoke, **suite.machine, "date": _now(), "work": str(cfg.work),
            "deadline_minutes": cfg.deadline_minutes, "parallel": cfg.parallel, "elapsed_minutes": round((time.monotonic() - suite.t0) / 60, 2),
            "notes": suite.notes, "steps": steps}
-    by_name = {s.name: s for s in suite.steps}
+    by_name = {s.name: s for s in reported}
     if cfg.part == "speed":
         out["results"] = {name.removeprefix("speed-"): suite.record(s).get("rows", []) for name, s in by_name.items()}
         return out
-    evs = {s.name: read_json(s.run / "eval.json") for s in suite.steps if s.train is not None}
+    evs = {s.name: read_json(s.run / "eval.json") for s in reported if s.train is not None}
     # the classifier and the comparison by their folders: --only may leave their steps out of this invocation
     clf = read_json(cfg.work / f"{dataset}-classifier" / "eval.json")
     results: dict = {"classifier": {k: clf.get(k) for k in ("step", "test_accuracy", "n_test", "train_seconds")}}
@@ -118,7 +120,7 @@ def _steady_throughput(metrics: Path) -> float | None:
 def gan_results(suite: Runner, evs: dict[str, dict], compare: Path, gan_recipes: Collection[str]) -> dict:
     """Each GAN run's training and FID-C curve, and their comparison (comparison.json, comparison.md)."""
     runs = []
-    for step in suite.steps:
+    for step in suite.reported():
         if step.module not in gan_recipes:
             continue
         ev, points = evs[step.name], read_json(step.run / "fid_curve.json").get("points", [])
@@ -199,7 +201,7 @@ def markdown(summary: dict) -> str:
             row = [STAGE_NAMES[r["stage"]], _f(r["step"], "d"), _f(r["train_minutes"], ".2f"), _f(r["wall_minutes"], ".2f"),
                    _f(r["samples_per_second"], ".0f"), _f(r["straightness"]), *(_f(r["fid_classifier"][k]) for k in nfe)]
             if part == "cifar":
-                bpd = "–" if r.get("nll_bpd") is None else f"{r['nll_bpd']:.4f} ± {r['nll_bpd_stderr']:.4f}"
+                bpd = "–" if r.get("nll_bpd") is None else f"{r['nll_bpd']:.4f} ± {_f(r.get('nll_bpd_stderr'), '.4f')}"
                 if r.get("nll_partial"):
                     p = r["nll_partial"]
                     bpd = f"cut short: {p['images']} images in {p['seconds']} s"

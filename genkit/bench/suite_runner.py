@@ -71,8 +71,11 @@ class Runner(ABC):
     """Runs a part's steps under the deadline and packs the results after each one. What it needs of the
     part (its data, the machine's description, its summary) a subclass gives: genkit.bench.suite.Suite."""
 
-    def __init__(self, cfg: SuiteConfig, steps: list[Step], out: Path) -> None:
+    def __init__(self, cfg: SuiteConfig, steps: list[Step], out: Path, plan: list[Step] | None = None) -> None:
+        """``steps``: what this invocation runs; ``plan``: the part's whole plan (default ``steps``), whose steps
+        run by earlier invocations (``--only``) are reported and packed too."""
         self.cfg, self.steps, self.out = cfg, steps, out
+        self.plan = steps if plan is None else plan
         self.t0 = time.monotonic()
         self.deadline = self.t0 + 60 * cfg.deadline_minutes
         self.this_run: dict[str, str] = {}  # step -> what happened in this invocation
@@ -97,6 +100,13 @@ class Runner(ABC):
 
     def record(self, step: Step) -> dict:
         return read_json(self.record_path(step))
+
+    def reported(self) -> list[Step]:
+        """The steps the summary and the tarball cover, in the plan's order: this invocation's, and those of
+        the plan an earlier invocation ran (their records exist), so that e.g. ``--only cifar-rf-nll`` after
+        ``--only cifar-rf cifar-rf-fid`` still reports the run and its FID-C."""
+        names = {s.name for s in self.steps}
+        return [s for s in self.plan if s.name in names or self.record_path(s).is_file()]
 
     def say(self, message: str) -> None:
         with self._lock:
@@ -406,12 +416,13 @@ class Runner(ABC):
         from genkit.eval.nll import PROGRESS_FILE
 
         work, found = self.cfg.work, []
-        for run in dict.fromkeys(s.run for s in self.steps if s.run is not None):
+        reported = self.reported()
+        for run in dict.fromkeys(s.run for s in reported if s.run is not None):
             # (PROGRESS_FILE: the batches of a bits/dim evaluation the deadline cut short, with their seconds)
             found += [run / n for n in ("eval.json", "config.json", "metrics.jsonl", "fid_curve.json", "comparison.json",
                                         "comparison.md", PROGRESS_FILE) if (run / n).is_file()]
             found += sorted(run.glob("*.png")) + sorted((run / "samples").glob("*.png"))
-        for step in self.steps:
+        for step in reported:
             found += [p for p in (work / "logs" / f"{step.name}.log", self.record_path(step)) if p.is_file()]
         found += [work / f"summary-{self.cfg.part}.{ext}" for ext in ("json", "md")]
         return found
