@@ -99,8 +99,9 @@ from typing import Literal
 import tyro
 
 from genkit.bench import suite_report
-from genkit.bench.suite_runner import Runner, read_json
+from genkit.bench.suite_runner import Runner
 from genkit.errors import GenkitError
+from genkit.train.checkpoint import read_json_object
 from genkit.train.trainer import CompileMode
 
 PROG = "python -m genkit.bench.suite"
@@ -573,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.dry_run:
         print(prepare_data(cfg, dry_run=True))
         for step in steps:
-            done = read_json(Path(cfg.work) / "steps" / f"{step.name}.json").get("status") == "done"
+            done = read_json_object(Path(cfg.work) / "steps" / f"{step.name}.json").get("status") == "done"
             limit = None if step.train is None else (step.train or cfg.deadline_minutes)
             after = f" (after {', '.join(step.needs)})" if cfg.parallel > 1 and step.needs else ""
             print(f"{step.name}{' (done, would skip)' if done else ''}{after}: {step.command(limit)}")

@@ -12,7 +12,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genkit.bench.suite_runner import _now, read_json
+from genkit.bench.suite_runner import _now
+from genkit.train.checkpoint import read_json_object
 
 if TYPE_CHECKING:
     from genkit.bench.suite import Step
@@ -53,9 +54,9 @@ def summarize(suite: Runner, *, dataset: str | None, nfe: tuple[int, ...], gan_r
     if cfg.part == "speed":
         out["results"] = {name.removeprefix("speed-"): suite.record(s).get("rows", []) for name, s in by_name.items()}
         return out
-    evs = {s.name: read_json(s.run / "eval.json") for s in reported if s.train is not None}
+    evs = {s.name: read_json_object(s.run / "eval.json") for s in reported if s.train is not None}
     # the classifier and the comparison by their folders: --only may leave their steps out of this invocation
-    clf = read_json(cfg.work / f"{dataset}-classifier" / "eval.json")
+    clf = read_json_object(cfg.work / f"{dataset}-classifier" / "eval.json")
     results: dict = {"classifier": {k: clf.get(k) for k in ("step", "test_accuracy", "n_test", "train_seconds")}}
     floors = [ev[FLOOR] for ev in evs.values() if FLOOR in ev]
     if floors:
@@ -95,7 +96,7 @@ def _nll_partial(run: Path) -> dict | None:
     """What a bits/dim evaluation cut short by the deadline finished: images, their seconds and NFE per solve."""
     from genkit.eval.nll import PROGRESS_FILE
 
-    batches = read_json(run / PROGRESS_FILE).get("batches", {})
+    batches = read_json_object(run / PROGRESS_FILE).get("batches", {})
     if not batches:
         return None
     images = sum(len(b["log_prob"]) for b in batches.values())
@@ -123,15 +124,15 @@ def gan_results(suite: Runner, evs: dict[str, dict], compare: Path, gan_recipes:
     for step in suite.reported():
         if step.module not in gan_recipes:
             continue
-        ev, points = evs[step.name], read_json(step.run / "fid_curve.json").get("points", [])
+        ev, points = evs[step.name], read_json_object(step.run / "fid_curve.json").get("points", [])
         last = points[-1] if points else {}
         runs.append({"name": step.name, **_trained(suite, step, ev),
                      "steps_per_second": _div(ev.get("step"), ev.get("train_seconds") or None),
-                     "checkpoint_every": read_json(step.run / "config.json").get("train", {}).get("checkpoint_every"),
+                     "checkpoint_every": read_json_object(step.run / "config.json").get("train", {}).get("checkpoint_every"),
                      "fid_points": len(points), "generator_steps": last.get("generator_steps"), "fid_last": last.get("fid"),
                      "fid_n": ev.get("fid_classifier_n")})
     table = compare / "comparison.md"
-    return {"runs": runs, "comparison": read_json(compare / "comparison.json") or None,
+    return {"runs": runs, "comparison": read_json_object(compare / "comparison.json") or None,
             "comparison_table": table.read_text() if table.is_file() else None}
 
 

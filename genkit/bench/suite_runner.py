@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from genkit.errors import GenkitError
+from genkit.train.checkpoint import read_json_object
 
 if TYPE_CHECKING:
     from genkit.bench.suite import Step, SuiteConfig
@@ -30,13 +31,6 @@ TAR_LIMIT = 15 * 2**20  # the GPU tool brings back files of at most 16 MB
 
 
 # ---- what a run folder says ---------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def checkpoint_step(run: Path) -> int | None:
     from genkit.train.checkpoint import latest_checkpoint, read_card
 
@@ -99,7 +93,7 @@ class Runner(ABC):
         return self.record_path_of(step.name)
 
     def record(self, step: Step) -> dict:
-        return read_json(self.record_path(step))
+        return read_json_object(self.record_path(step))
 
     def reported(self) -> list[Step]:
         """The steps the summary and the tarball cover, in the plan's order: this invocation's, and those of
@@ -218,7 +212,7 @@ class Runner(ABC):
         """(whether a step it needs is yet to run or running, the first step it needs that will not be done)."""
         waits = False
         for need in step.needs:
-            if read_json(self.record_path_of(need)).get("status") == "done":
+            if read_json_object(self.record_path_of(need)).get("status") == "done":
                 continue
             if any(s.name == need for s in (*pending, *running.values())):
                 waits = True
@@ -269,7 +263,7 @@ class Runner(ABC):
         limit = trained + max(avail, 0.0)
         limit = min(budget, limit) if budget else limit
         rc, seconds, _, killed = self.execute(step, step.argv(limit))
-        ev, ckpt_step = read_json(step.run / "eval.json"), checkpoint_step(step.run)
+        ev, ckpt_step = read_json_object(step.run / "eval.json"), checkpoint_step(step.run)
         if killed or rc != 0:
             status = "partial" if killed or rc == 130 else "failed"
         elif ev.get("step") != ckpt_step:

@@ -22,7 +22,6 @@ command with the same ``--out`` resumes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import sys
@@ -45,6 +44,7 @@ from genkit.solvers import Method
 from genkit.train import TrainConfig, Trainer
 from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
+from genkit.train.checkpoint import read_json_object
 from genkit.train.logging import update_eval
 from genkit.train.optim import adam
 
@@ -264,15 +264,6 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bo
     return LoadedRun(net, run.config, run.shape, run.step)
 
 
-def _read_json(file: Path) -> dict:
-    """A JSON object file's content; ``{}`` if it is missing or not a JSON object."""
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def teacher_identity(teacher: str | Path, step: int) -> str:
     """How a stage's pairs name their teacher (pairs.json's ``teacher``): its absolute run folder and step."""
     return f"{Path(teacher).resolve()} (step {step}, EMA)"
@@ -284,10 +275,10 @@ def recorded_teacher(out: Path) -> tuple[Path, int] | None:
     ``None`` for a new folder."""
     from genkit.pairs import MANIFEST
 
-    card = _read_json(out / "config.json")
+    card = read_json_object(out / "config.json")
     if card.get("teacher") and isinstance(card.get("teacher_checkpoint_step"), int):
         return Path(card["teacher"]).resolve(), card["teacher_checkpoint_step"]
-    found = re.fullmatch(r"(.*) \(step (\d+), EMA\)", str(_read_json(out / "pairs" / MANIFEST).get("teacher", "")))
+    found = re.fullmatch(r"(.*) \(step (\d+), EMA\)", str(read_json_object(out / "pairs" / MANIFEST).get("teacher", "")))
     return (Path(found[1]).resolve(), int(found[2])) if found else None
 
 
@@ -318,7 +309,7 @@ def load_teacher(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device
         raise GenkitError(f"teacher {cfg.teacher} is a distilled student (stage distill): use an rf or reflow run "
                           "as the teacher")
     if step is None:  # the latest checkpoint: only of a finished run (a time-limited one writes eval.json too)
-        evaluated = _read_json(cfg.teacher / "eval.json").get("step")
+        evaluated = read_json_object(cfg.teacher / "eval.json").get("step")
         if evaluated != teacher.step:
             state = "no eval.json" if evaluated is None else f"its eval.json is of step {evaluated}"
             raise GenkitError(f"teacher {cfg.teacher} has not finished training (latest checkpoint step {teacher.step}, "
