@@ -327,6 +327,17 @@ def load_teacher(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device
     return teacher
 
 
+def pairs_complete(pairs_dir: Path) -> bool:
+    """Whether ``pairs_dir`` holds every shard its manifest names (:func:`genkit.pairs.check_pairs` passes)."""
+    from genkit.pairs import check_pairs
+
+    try:
+        check_pairs(pairs_dir)
+    except GenkitError:
+        return False
+    return True
+
+
 def warm_start(student: nn.Module, teacher: LoadedRun) -> None:
     """Initialise the student with the teacher's EMA weights (same architecture required)."""
     want = {k: tuple(v.shape) for k, v in student.state_dict().items()}
@@ -378,19 +389,23 @@ def run(cfg: ReflowConfig, device: torch.device, info: distributed.DistInfo) -> 
     else:
         from genkit.pairs import PairStream
 
-        teacher = load_teacher(cfg, shape, device)
-        card["teacher_checkpoint_step"] = teacher.step
         pairs_dir = cfg.out / "pairs"
-        try:  # every rank simulates its share of the shards
-            reflow_eval.make_pairs(teacher, cfg, pairs_dir, device, info)
-        except KeyboardInterrupt:  # (the Trainer's Ctrl-C handling starts with fit)
-            if info.is_main:
-                print(f"stopped while simulating the teacher's pairs; complete shards are kept in {pairs_dir}. "
-                      "Run the same command to resume.", file=sys.stderr)
-            return 130  # the exit status of a stop, as report_stop's
-        if ckpt.latest_checkpoint(cfg.out / "checkpoints") is None:
-            warm_start(net, teacher)
-        del teacher
+        if ckpt.latest_checkpoint(cfg.out / "checkpoints") is not None and pairs_complete(pairs_dir):
+            # a resumed stage needs no teacher (its checkpoint may be pruned by now), only the same one named
+            card["teacher_checkpoint_step"] = chosen_teacher_step(cfg)
+        else:
+            teacher = load_teacher(cfg, shape, device)
+            card["teacher_checkpoint_step"] = teacher.step
+            try:  # every rank simulates its share of the shards
+                reflow_eval.make_pairs(teacher, cfg, pairs_dir, device, info)
+            except KeyboardInterrupt:  # (the Trainer's Ctrl-C handling starts with fit)
+                if info.is_main:
+                    print(f"stopped while simulating the teacher's pairs; complete shards are kept in {pairs_dir}. "
+                          "Run the same command to resume.", file=sys.stderr)
+                return 130  # the exit status of a stop, as report_stop's
+            if ckpt.latest_checkpoint(cfg.out / "checkpoints") is None:
+                warm_start(net, teacher)
+            del teacher
         data = PairStream(pairs_dir, micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size, device=device)
     opt = adam(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     trainer = Trainer(

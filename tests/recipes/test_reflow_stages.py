@@ -210,7 +210,14 @@ def test_stage_keeps_its_teacher_step_when_the_teacher_trains_on(capsys, tmp_pat
     code, err = stage("rf", 4)  # the step comes from config.json
     assert code == 0, err
     assert json.loads((rf2 / "config.json").read_text())["teacher_checkpoint_step"] == 20
-    err = one_line(*stage("rf", 4, "--teacher-step", "30"))
+    # the teacher's step-20 checkpoint pruned: the resumed stage needs no teacher weights any more
+    import shutil
+
+    shutil.rmtree(rf / "checkpoints" / "step_00000020")
+    code, err = stage("rf", 6)
+    assert code == 0, err
+    assert json.loads((rf2 / "config.json").read_text())["teacher_checkpoint_step"] == 20
+    err = one_line(*stage("rf", 6, "--teacher-step", "30"))
     assert "made from teacher step 20" in err
     # a new stage takes the latest checkpoint of the (finished) teacher
     code, err = run(["--stage", "reflow", "--teacher", "rf", "--out", "rf3", "--train.steps", "1", *FAST, *PAIRS], capsys)
