@@ -44,7 +44,6 @@ from genkit.solvers import Method
 from genkit.train import TrainConfig, Trainer
 from genkit.train import checkpoint as ckpt
 from genkit.train import distributed
-from genkit.train.checkpoint import read_json_object
 from genkit.train.logging import update_eval
 from genkit.train.optim import adam
 
@@ -275,10 +274,10 @@ def recorded_teacher(out: Path) -> tuple[Path, int] | None:
     ``None`` for a new folder."""
     from genkit.pairs import MANIFEST
 
-    card = read_json_object(out / "config.json")
+    card = ckpt.read_json_object(out / "config.json")
     if card.get("teacher") and isinstance(card.get("teacher_checkpoint_step"), int):
         return Path(card["teacher"]).resolve(), card["teacher_checkpoint_step"]
-    found = re.fullmatch(r"(.*) \(step (\d+), EMA\)", str(read_json_object(out / "pairs" / MANIFEST).get("teacher", "")))
+    found = re.fullmatch(r"(.*) \(step (\d+), EMA\)", str(ckpt.read_json_object(out / "pairs" / MANIFEST).get("teacher", "")))
     return (Path(found[1]).resolve(), int(found[2])) if found else None
 
 
@@ -309,7 +308,7 @@ def load_teacher(cfg: ReflowConfig, shape: tuple[int, ...], device: torch.device
         raise GenkitError(f"teacher {cfg.teacher} is a distilled student (stage distill): use an rf or reflow run "
                           "as the teacher")
     if step is None:  # the latest checkpoint: only of a finished run (a time-limited one writes eval.json too)
-        evaluated = read_json_object(cfg.teacher / "eval.json").get("step")
+        evaluated = ckpt.read_json_object(cfg.teacher / "eval.json").get("step")
         if evaluated != teacher.step:
             state = "no eval.json" if evaluated is None else f"its eval.json is of step {evaluated}"
             raise GenkitError(f"teacher {cfg.teacher} has not finished training (latest checkpoint step {teacher.step}, "
