@@ -239,7 +239,7 @@ def iwae_estimate(
     terms: list[tuple[Tensor, Tensor, Tensor]] = []
     for start in range(0, num_samples, chunk):
         m = min(chunk, num_samples - start)
-        z = _rsample(q, m, generator)
+        z = rsample(q, m, generator)
         expected = (m, x.shape[0])
         parts = (decoder(z).log_prob(x), prior.log_prob(z), q.log_prob(z))
         for name, part in zip(("decoder(z).log_prob(x)", "prior.log_prob(z)", "encoder(x).log_prob(z)"), parts):
@@ -294,7 +294,7 @@ class IWAEDensity:
         return f"IWAEDensity(num_samples={self.num_samples})"
 
 
-def _rsample(q: Distribution, m: int, generator: torch.Generator | None) -> Tensor:
+def rsample(q: Distribution, m: int, generator: torch.Generator | None) -> Tensor:
     """``m`` reparameterised draws ``(m, *batch_shape, *event_shape)`` from ``q``, from ``generator`` if given."""
     if generator is None:
         return q.rsample((m,)) if q.has_rsample else q.sample((m,))

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from genkit.errors import GenkitError
-from genkit.eval.density import Density, FlowDensity, log_mean_exp
+from genkit.eval.density import Density, FlowDensity, IWAEDensity, log_mean_exp
 from genkit.precision import ResolvedPrecision, autocast_field, field_precision
 from genkit.sampling import compile_for_sampling
 from genkit.solvers import FIXED_STEP_METHODS
@@ -300,6 +300,8 @@ def evaluate_nll(cfg: NLLConfig) -> dict[str, float | int | str | bool | None]:
             "nll_solver": cfg.method, **({"nll_atol": cfg.atol, "nll_rtol": cfg.rtol} if adaptive else {"nll_steps": cfg.steps}),
             "nll_weights": cfg.weights, "nll_seed": cfg.seed, "nll_batch_size": cfg.batch_size,
             "nll_precision": field_precision(cfg.precision, device), "nll_seconds": round(seconds, 2)}
+    if isinstance(density, IWAEDensity):  # a VAE: the solver settings above do not apply; its bound's samples do
+        out["nll_iwae_samples"] = density.num_samples
     return out
 
 

@@ -43,10 +43,18 @@ def _reflow_gan(run_dir: Path, **kw: Any) -> Any:
     return load_run(run_dir, **kw)
 
 
-RUN_LOADERS: dict[str, Callable[..., Any]] = {"reflow": _reflow, "monoflow": _monoflow, "reflow_gan": _reflow_gan}
+def _vae(run_dir: Path, **kw: Any) -> Any:
+    from genkit.recipes.vae import load_run
+
+    return load_run(run_dir, **kw)
+
+
+RUN_LOADERS: dict[str, Callable[..., Any]] = {"reflow": _reflow, "monoflow": _monoflow, "reflow_gan": _reflow_gan,
+                                              "vae": _vae}
 """recipe name (``config.json``'s ``recipe``) -> loader."""
 
-SAMPLED_MODELS: dict[str, str] = {"reflow": "model", "monoflow": "generator", "reflow_gan": "generator"}
+SAMPLED_MODELS: dict[str, str] = {"reflow": "model", "monoflow": "generator", "reflow_gan": "generator",
+                                  "vae": "model"}
 """recipe name -> the Trainer model whose (EMA) weights ``load_run`` samples from."""
 
 

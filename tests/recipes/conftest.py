@@ -1,4 +1,8 @@
-"""Shared checks of the recipe tests: two run folders' latest checkpoints are bit-identical."""
+"""Shared pieces of the recipe tests: a fake MNIST on disk, and a check that two run folders' latest
+checkpoints are bit-identical."""
+
+import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +50,40 @@ def assert_same_checkpoints(run_a, run_b):
 def same_checkpoints():
     """:func:`assert_same_checkpoints`, for the tests of this folder."""
     return assert_same_checkpoints
+
+
+def write_fake_mnist(root: Path, train: torch.Tensor, test: torch.Tensor,
+                     train_labels: torch.Tensor | None = None, test_labels: torch.Tensor | None = None) -> Path:
+    """Write uint8 images (N, 28, 28) and labels (N,) (zeros when None) as the IDX files torchvision's MNIST
+    reads from ``root/MNIST/raw`` (big-endian int32 header, magic 2051 for images, 2049 for labels)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, images, labels in (("train", train, train_labels), ("t10k", test, test_labels)):
+        n, h, w = images.shape
+        labels = torch.zeros(n, dtype=torch.uint8) if labels is None else labels.to(torch.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4i", 2051, n, h, w) + images.numpy().tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2i", 2049, n) + labels.numpy().tobytes())
+    return root
+
+
+def brightness_task(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two balanced classes of 28x28 noise: pixels uniform on {0..159} (class 0) or {96..255} (class 1).
+
+    Single pixels overlap heavily, but an image's mean (79.5 vs 175.5, sd 46 / 28 = 1.7) separates
+    the classes perfectly: a classifier that learned anything gets close to 100%.
+    """
+    labels = torch.arange(n, dtype=torch.uint8) % 2
+    low = torch.randint(0, 160, (n, 28, 28), generator=generator)
+    return (low + 96 * labels.view(-1, 1, 1).long()).to(torch.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def fake_mnist():
+    """:func:`write_fake_mnist`, for the tests of this folder."""
+    return write_fake_mnist
+
+
+@pytest.fixture(scope="session")
+def two_brightness_classes():
+    """:func:`brightness_task`, for the tests of this folder."""
+    return brightness_task

@@ -2,7 +2,6 @@
 
 import json
 import re
-import struct
 
 import numpy as np
 import pytest
@@ -17,33 +16,12 @@ from genkit.recipes import classifier
 N_TRAIN, N_TEST = 256, 200
 
 
-def _write_idx(raw, prefix, images, labels):
-    """IDX files as torchvision reads them: big-endian int32 header, magic 2051 / 2049."""
-    n, h, w = images.shape
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">4i", 2051, n, h, w) + images.numpy().tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">2i", 2049, n) + labels.numpy().tobytes())
-
-
-def brightness_task(n, generator):
-    """Two balanced classes of 28x28 noise: pixels uniform on {0..159} (class 0) or {96..255} (class 1).
-
-    Single pixels overlap heavily, but an image's mean (79.5 vs 175.5, sd 46 / 28 = 1.7) separates
-    the classes perfectly: a classifier that learned anything gets close to 100%.
-    """
-    labels = torch.arange(n, dtype=torch.uint8) % 2
-    low = torch.randint(0, 160, (n, 28, 28), generator=generator)
-    return (low + 96 * labels.view(-1, 1, 1).long()).to(torch.uint8), labels
-
-
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
+def data_root(tmp_path_factory, fake_mnist, two_brightness_classes):
     g = torch.Generator().manual_seed(0)
-    _write_idx(raw, "train", *brightness_task(N_TRAIN, g))
-    _write_idx(raw, "t10k", *brightness_task(N_TEST, g))
-    return root
+    train_images, train_labels = two_brightness_classes(N_TRAIN, g)
+    test_images, test_labels = two_brightness_classes(N_TEST, g)
+    return fake_mnist(tmp_path_factory.mktemp("data"), train_images, test_images, train_labels, test_labels)
 
 
 FAST = ["--train.steps", "30", "--train.batch-size", "32", "--train.log-every", "10", "--train.checkpoint-every", "15",
@@ -94,7 +72,7 @@ def test_tiny_run_learns_and_writes_the_run_folder(trained_run):
     result = json.loads((trained_run / "eval.json").read_text())
     assert result["step"] == 30 and result["n_test"] == N_TEST and result["weights"] == "ema"
     # Chance on the balanced held-out split is 0.5 (sd sqrt(.25 / 200) = 0.035); 0.9 is 11 sd above it,
-    # while the task is separable (see brightness_task).
+    # while the task is separable (see conftest.brightness_task).
     assert result["test_accuracy"] >= 0.9, result
     logged = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [10, 20, 30] and "train_accuracy" in logged[-1]
@@ -124,7 +102,7 @@ def test_classifier_features_and_fid_c(trained_run, data_root):
     t = image_stats(test, features, batch_size=100)
     halves = [FeatureStats(), FeatureStats()]
     for k in (0, 1):
-        halves[k].update(features(train[k::2]))  # brightness_task alternates the labels
+        halves[k].update(features(train[k::2]))  # conftest.brightness_task alternates the labels
     between_splits = frechet_distance(a.mean(), a.cov(), t.mean(), t.cov())
     between_classes = frechet_distance(halves[0].mean(), halves[0].cov(), halves[1].mean(), halves[1].cov())
     assert between_classes > 100 * between_splits
