@@ -139,10 +139,11 @@ def _retrieval_grid(queries: Tensor, query_codes: Tensor, images: Tensor, codes:
     save_image_grid(to_float(rows.flatten(0, 1)), path, nrow=k + 1)  # (Q * (1 + k), C, H, W)
 
 
-def evaluate(encoder: InfoMaxEncoder, cfg: InfoMaxConfig, device: torch.device) -> dict[str, float | int | str]:
-    """Probe accuracies of the code on the test split (fit on the training split) and the retrieval grids."""
+def evaluate(encoder: InfoMaxEncoder, train_images: Tensor, cfg: InfoMaxConfig,
+             device: torch.device) -> dict[str, float | int | str]:
+    """Probe accuracies of the code on the test split (fit on ``train_images``, the run's uint8 training split
+    ``(N, C, H, W)``, and its labels) and the retrieval grids."""
     d = cfg.data
-    train_images = load_images(d.dataset, root=d.root, split="train", download=d.download)
     train_labels, classes = load_labels(d.dataset, root=d.root, split="train")
     test_images = load_images(d.dataset, root=d.root, split="test", download=d.download)
     test_labels, _ = load_labels(d.dataset, root=d.root, split="test", classes=classes)
@@ -211,7 +212,7 @@ def run(cfg: InfoMaxConfig, device: torch.device, info: distributed.DistInfo) ->
     if result.interrupted:
         return report_stop(result, info)
     if info.is_main:
-        m = evaluate(trainer.ema["encoder"].module, cfg, device)
+        m = evaluate(trainer.ema["encoder"].module, images, cfg, device)  # the training images read above
         update_eval(cfg.out, {**result.eval_fields(), "weights": "ema", **m})
         print(f"done: step {result.step}; k-NN (cosine, k={m['knn_k']}) accuracy {m['knn_cosine_accuracy']:.4f}, "
               f"linear probe {m['linear_probe_accuracy']:.4f} on {m['n_test']} test images "
