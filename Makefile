@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (auto: one per CPU core; 0: run in this process)
+TEST_JOBS ?= auto
 
 .PHONY: run test install clean device-kit
 
@@ -23,7 +25,7 @@ run: $(VENV)/.installed
 	cp runs/reflow-toy/samples/trajectories.png assets/reflow_toy_trajectories.png
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,5 +1,14 @@
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    # Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread:
+    # the workers already fill the cores, and more threads per worker only contend.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,7 +19,7 @@ The module returns the two unweighted VQ loss terms; the objective weights them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +116,8 @@ class VectorQuantizer(nn.Module):
             raise GenkitError(f"unknown VQ gradient rule {gradient!r}: use one of {list(GRADIENT_RULES)}")
         if codebook not in _CODEBOOKS:
             raise GenkitError(f"unknown codebook {codebook!r}: use one of {list(_CODEBOOKS)}")
-        if rotation not in ("scaled", "tangent"):
-            raise GenkitError(f"unknown rotation-trick variant {rotation!r}: use 'scaled' or 'tangent'")
+        if rotation not in get_args(RotationVariant):
+            raise GenkitError(f"unknown rotation-trick variant {rotation!r}: use one of {list(get_args(RotationVariant))}")
         self.num_codes, self.dim = num_codes, dim
         self.gradient, self.kind, self.rotation = gradient, codebook, rotation
         codes = torch.randn(num_codes, dim) * dim**-0.5  # (K, D)

@@ -215,7 +215,7 @@ def evaluate_bound(vae: VAE, images: Tensor, cfg: VAEConfig, device: torch.devic
     Bernoulli: the images binarised with ``P(1) = x / 255`` (seeded), bits/dim without offset. Batch ``i`` draws
     from a generator seeded ``derive_seed(seed, "vae-eval", i)``.
     """
-    from genkit.eval.nll import bits_per_dim, image_nll
+    from genkit.eval.nll import LOG_SCALE_PER_DIM, bits_per_dim, image_nll
 
     e, num_dims = cfg.eval, images[0].numel()
     density = vae.density(num_samples=e.samples, chunk_size=e.chunk_size)
@@ -224,8 +224,8 @@ def evaluate_bound(vae: VAE, images: Tensor, cfg: VAEConfig, device: torch.devic
         g = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "vae-eval", i))
         batch = images[lo : lo + e.batch_size].to(device)
         if vae.likelihood == "gaussian":
-            res = image_nll(density, batch, generator=g)
-            log_probs.append(-res.bits_per_dim * num_dims * math.log(2))
+            # log P(discrete x) = log p(dequantized x) on the [-1, 1] scale + D log(2/256)
+            log_probs.append(image_nll(density, batch, generator=g).log_prob + num_dims * LOG_SCALE_PER_DIM)
         else:
             binary = (torch.rand(batch.shape, generator=g, device=device) * 255 < batch.float()).float() * 2 - 1
             log_probs.append(density.log_prob(binary, generator=g).double().cpu())

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +34,8 @@ from genkit.errors import GenkitError
 from genkit.eval.codebook import code_histogram, codebook_stats
 from genkit.nn.vq_nets import VQVAE, VQDecoder, VQEncoder
 from genkit.objectives.vq import VQVAELoss
-from genkit.quantizers.vq import VectorQuantizer
+from genkit.quantizers.gradients import RotationVariant
+from genkit.quantizers.vq import CodebookKind, GradientRule, VectorQuantizer
 from genkit.recipes.reflow import OptimConfig
 from genkit.train import TrainConfig, Trainer, distributed
 from genkit.train.logging import update_eval
@@ -70,11 +71,11 @@ class ModelConfig:
 class QuantizerConfig:
     num_codes: int = 512
     """K: codebook size"""
-    gradient: Literal["ste", "rotation"] = "ste"
+    gradient: GradientRule = "ste"
     """how the decoder's gradient crosses the quantizer: straight-through or the rotation trick"""
-    rotation: Literal["scaled", "tangent"] = "scaled"
+    rotation: RotationVariant = "scaled"
     """rotation-trick variant: scaled (lambda R z, the paper) or tangent (||q|| R z_hat, the VQGAN script)"""
-    codebook: Literal["plain", "linear"] = "plain"
+    codebook: CodebookKind = "plain"
     """plain learned codes, or SimVQ's linear map on frozen random codes (C W)"""
     bias: bool = False
     """SimVQ: affine map C W + b (the official code) instead of the paper's C W"""
@@ -205,17 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_recipe(cfg, run)
 
 
-def _test_images(cfg: VQVAEConfig, train: Tensor) -> Tensor:
-    d = cfg.data
-    if d.dataset == "imagefolder" and not (Path(d.root) / "test").is_dir():
-        return train
-    return load_images(d.dataset, root=d.root, split="test", download=d.download)
-
-
 def run(cfg: VQVAEConfig, device: torch.device, info: distributed.DistInfo) -> int:
     images = load_images(cfg.data.dataset, root=cfg.data.root, split="train", download=cfg.data.download)
     shape = tuple(images.shape[1:])
-    test = _test_images(cfg, images)
+    test = load_images(cfg.data.dataset, root=cfg.data.root, split="test", download=cfg.data.download)
     if tuple(test.shape[1:]) != shape:
         raise GenkitError(f"the test images are {tuple(test.shape[1:])}, the training images {shape}: use one size")
     torch.manual_seed(cfg.seed)  # the one global seed: model initialisation (SimVQ's frozen codes included)
