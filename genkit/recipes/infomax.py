@@ -77,6 +77,9 @@ class EvalConfig:
     max_train: int = 0
     """training images whose codes the probes fit on and the grids show (0: all; else a fixed seeded subset,
     genkit.eval.runs.subset_indices)"""
+    baseline: bool = True
+    """also score the untrained encoder (this seed's initialisation) with the same probes: eval.json's
+    untrained_* fields, the baseline a learned code has to beat"""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,18 @@ def check_config(cfg: InfoMaxConfig) -> None:
 
 
 # ---- codes and their evaluation -----------------------------------------------------------------------
+def probe_scores(train_codes: Tensor, train_labels: Tensor, test_codes: Tensor, test_labels: Tensor, *, k: int,
+                 device: torch.device) -> tuple[dict[str, float], float]:
+    """k-NN accuracies (cosine, Euclidean) and the linear-probe accuracy of codes ``(N, z_dim)`` fitted on the
+    training codes and scored on the test codes (``knn_cosine_accuracy``, ``knn_euclidean_accuracy``,
+    ``linear_probe_accuracy``), and the chance accuracy of the test labels (the most frequent class's share)."""
+    scores = {f"knn_{metric}_accuracy": knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=k,
+                                                     metric=metric, chunk_size=256).accuracy
+              for metric in ("cosine", "euclidean")}
+    probe = linear_probe(train_codes.to(device), train_labels, test_codes.to(device), test_labels)
+    return {**scores, "linear_probe_accuracy": probe.accuracy}, probe.chance
+
+
 @torch.no_grad()
 def encode(encoder: InfoMaxEncoder, images: Tensor, *, batch_size: int, device: torch.device) -> Tensor:
     """Codes (posterior means) of uint8 ``images: (N, C, H, W)``: ``(N, z_dim)`` float32 on the CPU.
@@ -142,7 +157,8 @@ def _retrieval_grid(queries: Tensor, query_codes: Tensor, images: Tensor, codes:
 def evaluate(encoder: InfoMaxEncoder, train_images: Tensor, cfg: InfoMaxConfig,
              device: torch.device) -> dict[str, float | int | str]:
     """Probe accuracies of the code on the test split (fit on ``train_images``, the run's uint8 training split
-    ``(N, C, H, W)``, and its labels) and the retrieval grids."""
+    ``(N, C, H, W)``, and its labels), those of the untrained encoder (``untrained_*``, if
+    ``cfg.eval.baseline``), and the retrieval grids."""
     d = cfg.data
     train_labels, classes = load_labels(d.dataset, root=d.root, split="train")
     test_images = load_images(d.dataset, root=d.root, split="test", download=d.download)
@@ -155,15 +171,16 @@ def evaluate(encoder: InfoMaxEncoder, train_images: Tensor, cfg: InfoMaxConfig,
     k = min(cfg.eval.k, len(train_images))
     train_codes = encode(encoder, train_images, batch_size=cfg.eval.batch_size, device=device)
     test_codes = encode(encoder, test_images, batch_size=cfg.eval.batch_size, device=device)
-    results: dict[str, float | int | str] = {}
-    for metric in ("cosine", "euclidean"):
-        r = knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=k, metric=metric, chunk_size=256)
-        results[f"knn_{metric}_accuracy"] = r.accuracy
-    probe = linear_probe(train_codes.to(device), train_labels, test_codes.to(device), test_labels)
-    results |= {"linear_probe_accuracy": probe.accuracy, "chance_accuracy": probe.chance, "knn_k": k,
-                "n_train": len(train_images), "train_subset": subset,
-                "n_test": len(test_images), "feature_dim": train_codes.shape[1],
-                "code_mean": float(test_codes.mean()), "code_std": float(test_codes.std())}
+    scores, chance = probe_scores(train_codes, train_labels, test_codes, test_labels, k=k, device=device)
+    results: dict[str, float | int | str] = {**scores, "chance_accuracy": chance, "knn_k": k,
+        "n_train": len(train_images), "train_subset": subset, "n_test": len(test_images),
+        "feature_dim": train_codes.shape[1], "code_mean": float(test_codes.mean()), "code_std": float(test_codes.std())}
+    if cfg.eval.baseline:
+        init = untrained_encoder(cfg, tuple(train_images.shape[1:])).to(device)
+        init_train = encode(init, train_images, batch_size=cfg.eval.batch_size, device=device)
+        init_test = encode(init, test_images, batch_size=cfg.eval.batch_size, device=device)
+        scores, _ = probe_scores(init_train, train_labels, init_test, test_labels, k=k, device=device)
+        results |= {f"untrained_{name}": value for name, value in scores.items()}
     q = subset_indices(len(test_images), cfg.eval.queries)  # the same queries in every run
     q = torch.arange(len(test_images)) if q is None else q
     for metric in ("cosine", "euclidean"):
@@ -177,6 +194,15 @@ def build_models(cfg: InfoMaxConfig, shape: Sequence[int]) -> dict[str, nn.Modul
     m = cfg.model
     return build_infomax_models(tuple(shape), channels=tuple(m.channels), z_dim=m.z_dim,
                                 critic_hidden=m.critic_hidden, global_input=cfg.dim.global_input)
+
+
+def untrained_encoder(cfg: InfoMaxConfig, shape: Sequence[int]) -> InfoMaxEncoder:
+    """The encoder a run of ``cfg`` starts from (its seed's initialisation; eval mode, frozen), for baselines.
+
+    Re-seeds torch's global generator with ``cfg.seed``, as the recipe does before building its models."""
+    torch.manual_seed(cfg.seed)
+    encoder = build_models(cfg, shape)["encoder"].eval()
+    return encoder.requires_grad_(False)
 
 
 def load_encoder(run_dir: str | Path, *, device: str | torch.device = "cpu", ema: bool = True) -> InfoMaxEncoder:
@@ -216,9 +242,16 @@ def run(cfg: InfoMaxConfig, device: torch.device, info: distributed.DistInfo) ->
         update_eval(cfg.out, {**result.eval_fields(), "weights": "ema", **m})
         print(f"done: step {result.step}; k-NN (cosine, k={m['knn_k']}) accuracy {m['knn_cosine_accuracy']:.4f}, "
               f"linear probe {m['linear_probe_accuracy']:.4f} on {m['n_test']} test images "
-              f"(chance {m['chance_accuracy']:.4f}); results in {cfg.out}")
+              f"(chance {m['chance_accuracy']:.4f}{_untrained_note(m)}); results in {cfg.out}")
     distributed.barrier(info)
     return 0
+
+
+def _untrained_note(m: dict) -> str:
+    if "untrained_linear_probe_accuracy" not in m:
+        return ""
+    return (f"; untrained encoder: k-NN {m['untrained_knn_cosine_accuracy']:.4f}, "
+            f"linear {m['untrained_linear_probe_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from genkit.cli import run_main
-from genkit.data.images import load_images, to_float
+from genkit.cli import parse_config, run_main
+from genkit.data.images import load_images, load_labels, to_float
 from genkit.errors import GenkitError
 from genkit.recipes import infomax
 
@@ -96,3 +96,39 @@ def test_tiny_run_writes_the_run_folder_resumes_and_loads(data_root, tmp_path, c
     assert abs(float(codes.std()) - json.loads((out / "eval.json").read_text())["code_std"]) < 1e-6
     with pytest.raises(GenkitError, match="not a run folder"):
         infomax.load_encoder(tmp_path)
+
+
+def test_eval_scores_the_untrained_encoder_as_a_baseline(tmp_path, capsys, fake_mnist, two_brightness_classes):
+    """eval.json's untrained_* fields are the probes of the seed's initial encoder, not of the trained one.
+
+    Labels drawn at random, independent of the images: the probes then score near chance, differently for
+    any two encoders, so equal scores identify the encoder (brightness labels give 1.0 to every encoder)."""
+    g = torch.Generator().manual_seed(1)
+    (train, _), (test, _) = two_brightness_classes(N_TRAIN, g), two_brightness_classes(N_TEST, g)
+    labels = [torch.randint(0, 2, (n,), generator=g) for n in (N_TRAIN, N_TEST)]
+    data_root = fake_mnist(tmp_path / "data", train, test, *labels)
+    argv = ["--preset", "mnist", "--data.root", str(data_root), *TINY, "--train.steps", "6"]
+    code, stdout, err = run([*argv, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    ev = json.loads((tmp_path / "a" / "eval.json").read_text())
+    assert "untrained encoder: k-NN" in stdout
+
+    cfg = parse_config(infomax.InfoMaxConfig, infomax.RECIPE, argv)
+    init = infomax.untrained_encoder(cfg, (1, 28, 28))
+    trained = infomax.load_encoder(tmp_path / "a")
+    state = trained.state_dict()
+    assert any(not torch.equal(v, state[n]) for n, v in init.state_dict().items())  # training moved the weights
+    train = load_images("mnist", root=data_root, split="train", download=False)
+    test = load_images("mnist", root=data_root, split="test", download=False)
+    train_y, _ = load_labels("mnist", root=data_root, split="train")
+    test_y, _ = load_labels("mnist", root=data_root, split="test")
+    cpu = torch.device("cpu")
+    for prefix, encoder in (("untrained_", init), ("", trained)):
+        codes = [infomax.encode(encoder, x, batch_size=50, device=cpu) for x in (train, test)]
+        scores, _ = infomax.probe_scores(codes[0], train_y, codes[1], test_y, k=5, device=cpu)
+        assert {f"{prefix}{name}": value for name, value in scores.items()} == {
+            f"{prefix}{name}": ev[f"{prefix}{name}"] for name in scores}
+
+    code, _, err = run([*argv, "--out", str(tmp_path / "b"), "--eval.no-baseline"], capsys)
+    assert code == 0, err
+    assert not any(key.startswith("untrained_") for key in json.loads((tmp_path / "b" / "eval.json").read_text()))
