@@ -199,9 +199,11 @@ def build_models(cfg: InfoMaxConfig, shape: Sequence[int]) -> dict[str, nn.Modul
 def untrained_encoder(cfg: InfoMaxConfig, shape: Sequence[int]) -> InfoMaxEncoder:
     """The encoder a run of ``cfg`` starts from (its seed's initialisation; eval mode, frozen), for baselines.
 
-    Re-seeds torch's global generator with ``cfg.seed``, as the recipe does before building its models."""
-    torch.manual_seed(cfg.seed)
-    encoder = build_models(cfg, shape)["encoder"].eval()
+    Builds the models from torch's global generator seeded with ``cfg.seed``, as the recipe does, inside
+    ``torch.random.fork_rng`` so the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        encoder = build_models(cfg, shape)["encoder"].eval()
     return encoder.requires_grad_(False)
 
 
