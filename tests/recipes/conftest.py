@@ -77,6 +77,18 @@ def brightness_task(n: int, generator: torch.Generator) -> tuple[torch.Tensor, t
     return (low + 96 * labels.view(-1, 1, 1).long()).to(torch.uint8), labels
 
 
+def write_brightness_mnist(root: Path, n_train: int, n_test: int, generator: torch.Generator) -> Path:
+    """:func:`write_fake_mnist` of :func:`brightness_task` images and labels, the training split drawn first."""
+    (train, train_labels), (test, test_labels) = brightness_task(n_train, generator), brightness_task(n_test, generator)
+    return write_fake_mnist(root, train, test, train_labels, test_labels)
+
+
+@pytest.fixture(scope="session")
+def brightness_mnist():
+    """:func:`write_brightness_mnist`, for the tests of this folder."""
+    return write_brightness_mnist
+
+
 @pytest.fixture(scope="session")
 def fake_mnist():
     """:func:`write_fake_mnist`, for the tests of this folder."""

@@ -19,11 +19,8 @@ TINY = ["--train.batch-size", "16", "--train.log-every", "3", "--train.checkpoin
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory, fake_mnist, two_brightness_classes):
-    g = torch.Generator().manual_seed(0)
-    train_images, train_labels = two_brightness_classes(N_TRAIN, g)
-    test_images, test_labels = two_brightness_classes(N_TEST, g)
-    return fake_mnist(tmp_path_factory.mktemp("data"), train_images, test_images, train_labels, test_labels)
+def data_root(tmp_path_factory, brightness_mnist):
+    return brightness_mnist(tmp_path_factory.mktemp("data"), N_TRAIN, N_TEST, torch.Generator().manual_seed(0))
 
 
 def run(argv, capsys):
